@@ -1,0 +1,1 @@
+"""vstar_jax: V-STAR generative recommendation in JAX/Flax."""
