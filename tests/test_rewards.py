@@ -1,0 +1,120 @@
+"""Tests for vstar_jax.rl.rewards on hand-built groups."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vstar_jax.rl import rewards
+
+TARGET = np.array([[1, 2, 3]], np.int32)
+# Hit, L1+L2 match, L1 match, miss.
+CAND = np.array([[[1, 2, 3], [1, 2, 0], [1, 0, 3], [0, 2, 3]]], np.int32)
+SCORE = np.array([[0.5, 0.9, 0.1, 0.3]], np.float32)  # ranks: 1, 0, 3, 2
+VALID = np.ones((1, 4), bool)
+
+
+def _slot(rank):
+  return 1.0 / np.log2(rank + 2.0)
+
+
+@pytest.mark.parametrize('wrap', [lambda f: f, jax.jit], ids=['eager', 'jit'])
+def test_rule_reward(wrap):
+  got = wrap(rewards.rule_reward)(CAND, VALID, TARGET)
+  np.testing.assert_array_equal(got, [[1.0, 0.0, 0.0, 0.0]])
+  got = wrap(rewards.rule_reward)(CAND, np.array([[False, True, True, True]]), TARGET)
+  np.testing.assert_array_equal(got, [[0.0, 0.0, 0.0, 0.0]])
+
+
+def test_candidate_rank_descending_ties_by_index_ignoring_invalid():
+  score = np.array([[0.2, 0.9, 0.2, 5.0, 0.1]], np.float32)
+  valid = np.array([[True, True, True, False, True]])
+  rank = rewards.candidate_rank(score, valid)
+  np.testing.assert_array_equal(np.asarray(rank)[valid], [1, 0, 2, 3])
+
+
+@pytest.mark.parametrize('wrap', [lambda f: f, jax.jit], ids=['eager', 'jit'])
+def test_ranking_reward_hand_values(wrap):
+  got = np.asarray(wrap(rewards.ranking_reward)(CAND, VALID, TARGET, SCORE))[0]
+  table = _slot(np.arange(4))
+  table = table / table.sum()
+  # Candidate ranks are (1, 0, 3, 2); the hit (rank 1) takes 1 and no penalty.
+  want = np.array([1.0, -table[0], -table[3], -table[2]])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # The penalty table over the group's rank slots sums to -1: the penalties given plus
+  # the hit's unused slot.
+  np.testing.assert_allclose(got[1:].sum() - table[1], -1.0, rtol=1e-6)
+  assert want[1] == pytest.approx(-1.0 / (1 + _slot(1) + _slot(2) + _slot(3)))
+
+
+def test_ranking_reward_hit_at_rank_zero():
+  # Hit at rank 0: the wrong candidates' penalties are the table minus its first entry.
+  score = np.array([[0.9, 0.5, 0.3, 0.1]], np.float32)
+  got = np.asarray(rewards.ranking_reward(CAND, VALID, TARGET, score))[0]
+  table = _slot(np.arange(4))
+  np.testing.assert_allclose(got[1:].sum(), -(table[1:].sum() / table.sum()), rtol=1e-6)
+
+
+def test_ranking_reward_no_hit_group_is_zero():
+  valid = np.array([[False, True, True, True]])  # the hit is padding
+  got = rewards.ranking_reward(CAND, valid, TARGET, SCORE)
+  np.testing.assert_array_equal(got, np.zeros((1, 4)))
+
+
+def test_ranking_reward_padding_ignored():
+  # A padded candidate with the best score and the target's SID changes nothing.
+  cand = np.concatenate([CAND, TARGET[:, None, :]], axis=1)
+  score = np.concatenate([SCORE, [[10.0]]], axis=1)
+  valid = np.concatenate([VALID, [[False]]], axis=1)
+  got = rewards.ranking_reward(cand, valid, TARGET, score)
+  want = rewards.ranking_reward(CAND, VALID, TARGET, SCORE)
+  np.testing.assert_allclose(got[:, :4], want, rtol=1e-6)
+  assert float(got[0, 4]) == 0.0
+
+
+def test_prefix_reward_without_embeddings():
+  valid = np.array([[True, True, True, False]])
+  level, total = rewards.prefix_reward(CAND, valid, TARGET)
+  want = np.array([[[0.3, 0.5, 1.0], [0.3, 0.5, 0.0], [0.3, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+  np.testing.assert_allclose(level, want, rtol=1e-6)
+  np.testing.assert_allclose(total, [[1.8, 0.8, 0.3, 0.0]], rtol=1e-6)
+
+
+def test_prefix_reward_cosine_penalty():
+  item_emb = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0], [-1.0, 0.0]], np.float32)
+  cand_item = np.array([[0, 1, 2, 3]], np.int32)
+  target_item = np.array([0], np.int32)
+  level, total = rewards.prefix_reward(CAND, VALID, TARGET, item_emb=item_emb,
+                                       cand_item=cand_item, target_item=target_item)
+  w = np.array([0.3, 0.5, 1.0])
+  c1 = 1.0 - 1.0 / np.sqrt(2.0)  # 1 - cos for item 1
+  want = np.array([[w,
+                    [0.3, 0.5, -1.0 * c1],
+                    [0.3, -0.5 * 1.0, -1.0 * 1.0],   # item 2 is orthogonal
+                    [-0.3 * 2.0, -0.5 * 2.0, -1.0 * 2.0]]])  # item 3 is opposite
+  np.testing.assert_allclose(level, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(total, want.sum(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_reward_rejects_wrong_number_of_weights():
+  with pytest.raises(ValueError, match='3 level weights'):
+    rewards.prefix_reward(CAND, VALID, TARGET, weights=(0.5, 1.0))
+
+
+def test_value_targets_td_with_terminal_leaf():
+  level = np.array([[[0.3, 0.5, 1.0], [0.3, 0.0, 0.0]]], np.float32)
+  values = np.array([[[0.1, 0.2, 0.4, 0.8], [1.0, 2.0, 3.0, 4.0]]], np.float32)
+  valid = np.array([[True, False]])
+  got = rewards.value_targets(level, values, valid, gamma=0.99)
+  want = np.array([[[0.99 * 0.2, 0.3 + 0.99 * 0.4, 0.5 + 0.99 * 0.8, 1.0],
+                    [0.0, 0.0, 0.0, 0.0]]])
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_value_targets_are_constants_for_the_gradient():
+  level = jnp.ones((1, 1, 3))
+  values = jnp.arange(4.0).reshape(1, 1, 4)
+  valid = jnp.ones((1, 1), bool)
+  grad = jax.grad(lambda v: jnp.sum(rewards.value_targets(level, v, valid)))(values)
+  chex.assert_trees_all_equal(grad, jnp.zeros_like(values))
