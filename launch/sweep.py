@@ -1,0 +1,258 @@
+r"""Seed x knob sweeps over the vstar_jax CLI: one workdir per run, one summary table per sweep.
+
+Sweeps are flag overrides, never code edits (big_vision style):
+
+  python launch/sweep.py --name=rollout --seeds=0,1,2 \
+      --grid='rl.rollout=ved,beam;rl.w_sib=0,1' -- --config.mode=rl   # print the 12 commands
+  python launch/sweep.py ... --run          # run them one after another
+  python launch/sweep.py ... --summarize    # mean ± std over seeds -> summary.md, summary.json
+
+Run k writes to <root>/<name>/seed<k>_<knob=value>_..., and the summary reads each run's
+eval/<stage>_test/metrics.json (design §7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from absl import app, flags, logging
+
+KS = (3, 5, 10)
+METRICS = tuple(f'{m}@{k}' for k in KS for m in ('HR', 'NDCG'))
+_KNOB = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
+_UNSAFE_IN_PATH = re.compile(r'[^\w.=+,-]')
+_OPEN, _CLOSE = '([{', ')]}'
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """CLI flags, defined only when run as a script so tests can import the pure functions
+  next to modules that define --config themselves (absl rejects duplicate flags)."""
+  flags.DEFINE_string('name', None, 'Sweep name: runs go to <root>/<name>/.')
+  flags.DEFINE_string('root', 'workdirs', 'Directory holding every sweep.')
+  flags.DEFINE_string('config', 'configs/amazon.py:industrial', 'Passed as --config.')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds, each passed as --config.seed.')
+  flags.DEFINE_string('grid', '', "Knob values to cross, 'a.b=v1,v2;c=w1,w2' (values may hold "
+                      'commas inside brackets, e.g. "(\'train\',\'valid\')").')
+  flags.DEFINE_string('launcher', f'{shlex.quote(sys.executable)} -m vstar_jax.main',
+                      "Command prefix, e.g. 'launch/gpu.sh --gpus=0 --'.")
+  flags.DEFINE_bool('run', False, 'Run the commands one after another (default: print them).')
+  flags.DEFINE_bool('summarize', False, "Collect the runs' metrics into one table.")
+  flags.DEFINE_list('stages', ['sft', 'rl'], 'Stages summarized (eval/<stage>_test/).')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One point of the sweep: a seed and one value per grid knob."""
+  seed: int
+  knobs: tuple[tuple[str, str], ...]
+
+  @property
+  def name(self) -> str:
+    """Workdir name, seed<k>_<knob=value>_..., with path-unsafe characters replaced by '-'."""
+    parts = [f'seed{self.seed}'] + [f'{k}={v}' for k, v in self.knobs]
+    return _UNSAFE_IN_PATH.sub('-', '_'.join(parts))
+
+  @property
+  def label(self) -> str:
+    """The knob setting without the seed: the row a run contributes to in the summary."""
+    return ' '.join(f'{k}={v}' for k, v in self.knobs) or '(base)'
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+  """Splits at `sep` outside brackets, so tuple values like ('a','b') stay whole."""
+  pieces, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    if char in _OPEN:
+      depth += 1
+    elif char in _CLOSE:
+      depth -= 1
+      if depth < 0:
+        raise ValueError(f'unbalanced {char!r} in {text!r}')
+    elif char == sep and depth == 0:
+      pieces.append(text[start:i])
+      start = i + 1
+  if depth:
+    raise ValueError(f'unclosed bracket in {text!r}')
+  return pieces + [text[start:]]
+
+
+def parse_seeds(items: Sequence[str]) -> list[int]:
+  """'0,1,2' (as absl's list flag) -> [0, 1, 2]; duplicates or non-integers are errors."""
+  seeds = []
+  for item in items:
+    try:
+      seeds.append(int(item))
+    except ValueError:
+      raise ValueError(f'--seeds: {item!r} is not an integer') from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds: need distinct integers, got {list(items)}')
+  return seeds
+
+
+def parse_grid(text: str) -> list[tuple[str, tuple[str, ...]]]:
+  """'a.b=v1,v2;c=w' -> [('a.b', ('v1', 'v2')), ('c', ('w',))]; errors name the bad piece."""
+  if not text.strip():
+    return []
+  grid = []
+  for i, piece in enumerate(_split_top_level(text, ';')):
+    if not piece.strip():
+      raise ValueError(f'grid piece {i + 1} of {text!r} is empty')
+    knob, eq, values = piece.partition('=')
+    knob = knob.strip()
+    if not eq:
+      raise ValueError(f'grid piece {piece!r}: expected knob=value[,value...]')
+    if not _KNOB.fullmatch(knob):
+      raise ValueError(f'grid piece {piece!r}: {knob!r} is not a config path like rl.w_sib')
+    if knob == 'seed':
+      raise ValueError(f'grid piece {piece!r}: sweep seeds with --seeds')
+    if knob in dict(grid):
+      raise ValueError(f'grid piece {piece!r}: knob {knob!r} appears twice')
+    try:
+      split = [v.strip() for v in _split_top_level(values, ',')]
+    except ValueError as e:
+      raise ValueError(f'grid piece {piece!r}: {e}') from None
+    if '' in split:
+      raise ValueError(f'grid piece {piece!r}: empty value')
+    if len(set(split)) != len(split):
+      raise ValueError(f'grid piece {piece!r}: repeated value')
+    grid.append((knob, tuple(split)))
+  return grid
+
+
+def expand(seeds: Sequence[int], grid: Sequence[tuple[str, Sequence[str]]]) -> list[Run]:
+  """The cross product seeds x values of every knob, seed-major; workdir names must be distinct."""
+  knobs = [k for k, _ in grid]
+  runs = [Run(seed, tuple(zip(knobs, combo)))
+          for seed in seeds for combo in itertools.product(*(v for _, v in grid))]
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    clash = sorted({n for n in names if names.count(n) > 1})
+    raise ValueError(f'grid values collide after making them path-safe: {clash}')
+  return runs
+
+
+def check_extra(extra: Sequence[str], grid: Sequence[tuple[str, Sequence[str]]]) -> None:
+  """Rejects pass-through flags that the sweep sets itself (they would silently win)."""
+  owned = {'--config', '--workdir', '--config.seed'} | {f'--config.{k}' for k, _ in grid}
+  for arg in extra:
+    if arg.split('=', 1)[0] in owned:
+      raise ValueError(f'{arg!r} is set by the sweep; use --config, --seeds or --grid instead')
+
+
+def command(launcher: Sequence[str], config: str, workdir: pathlib.Path, run: Run,
+            extra: Sequence[str]) -> list[str]:
+  """The CLI call for one run: --config first (config_flags needs it before any override)."""
+  return [*launcher, f'--config={config}', f'--workdir={workdir}', f'--config.seed={run.seed}',
+          *(f'--config.{k}={v}' for k, v in run.knobs), *extra]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0.0 for a single seed)."""
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, 0.0
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str]) -> dict:
+  """Mean ± std over seeds of HR@K / NDCG@K per (stage, knob setting); lists missing files."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(run.label, []).append(run)
+  rows, missing = [], []
+  for stage in stages:
+    for label, group in groups.items():
+      found = {}
+      for run in group:
+        path = sweep_dir / run.name / 'eval' / f'{stage}_test' / 'metrics.json'
+        if not path.is_file():
+          missing.append(str(path))
+          continue
+        found[run.seed] = json.loads(path.read_text())
+        absent = [m for m in METRICS if m not in found[run.seed]]
+        if absent:
+          raise ValueError(f'{path}: no {absent} (design §8 metrics.json contract)')
+      if not found:
+        continue
+      stats = {m: _mean_std([found[s][m] for s in sorted(found)]) for m in METRICS}
+      rows.append({'stage': stage, 'config': label, 'seeds': sorted(found),
+                   'mean': {m: mean for m, (mean, _) in stats.items()},
+                   'std': {m: std for m, (_, std) in stats.items()}})
+  return {'metrics': list(METRICS), 'rows': rows, 'missing': missing}
+
+
+def to_markdown(summary: dict) -> str:
+  """One row per (stage, knob setting): mean ± std over the seeds found."""
+  head = ['stage', 'config', 'seeds', *summary['metrics']]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for row in summary['rows']:
+    cells = [f"{row['mean'][m]:.4f} ± {row['std'][m]:.4f}" for m in summary['metrics']]
+    lines.append('| ' + ' | '.join([row['stage'], row['config'], str(len(row['seeds'])), *cells])
+                 + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _run_all(commands: Sequence[list[str]], names: Sequence[str]) -> list[str]:
+  """Runs the commands in order with a progress line; returns the names of the failed runs."""
+  failed, start = [], time.monotonic()
+  for i, (cmd, name) in enumerate(zip(commands, names)):
+    elapsed = time.monotonic() - start
+    eta = f', ETA {elapsed / i * (len(commands) - i) / 60:.1f} min' if i else ''
+    logging.info('[%d/%d] %s (%.1f min elapsed%s)', i + 1, len(commands), name, elapsed / 60, eta)
+    if subprocess.run(cmd, check=False).returncode:
+      logging.error('run %s failed', name)
+      failed.append(name)
+  return failed
+
+
+def main(argv):
+  extra = argv[1:]
+  if not FLAGS.name:
+    raise app.UsageError('--name is required')
+  try:
+    seeds, grid = parse_seeds(FLAGS.seeds), parse_grid(FLAGS.grid)
+    runs = expand(seeds, grid)
+    check_extra(extra, grid)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  sweep_dir = pathlib.Path(FLAGS.root) / FLAGS.name
+  launcher = shlex.split(FLAGS.launcher)
+  commands = [command(launcher, FLAGS.config, sweep_dir / r.name, r, extra) for r in runs]
+  if not FLAGS.run and not FLAGS.summarize:
+    print('\n'.join(shlex.join(c) for c in commands))
+    return
+  if FLAGS.run:
+    failed = _run_all(commands, [r.name for r in runs])
+    if failed:
+      sys.exit(f'{len(failed)} of {len(runs)} runs failed: {failed}')
+  if FLAGS.summarize:
+    try:
+      summary = summarize(sweep_dir, runs, FLAGS.stages)
+    except ValueError as e:
+      sys.exit(str(e))
+    for path in summary['missing']:
+      logging.warning('missing %s', path)
+    if not summary['rows']:
+      sys.exit(f'no metrics.json of stages {FLAGS.stages} under {sweep_dir}')
+    table = to_markdown(summary)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / 'summary.json').write_text(json.dumps(summary, indent=1))
+    (sweep_dir / 'summary.md').write_text(table)
+    print(table, end='')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
