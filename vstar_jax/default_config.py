@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vstar_jax.sid import learn
+
 MODES = ('baseline', 'sid', 'sft', 'rl', 'eval', 'recommend', 'all')
 
 
@@ -24,8 +26,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.synthetic.num_users = 600
   c.synthetic.num_codes = 16
 
+  c.sid = learn.default_sid_config()
+  c.sid.source = 'given'       # 'given': the dataset's shipped SIDs; 'learned': W/sid/ (learned if absent)
+
   c.baseline = ml_collections.ConfigDict()
   c.baseline.names = ('popularity', 'transition')
+
+  c.model = ml_collections.ConfigDict()
+  c.model.num_layers = 4
+  c.model.d_model = 256
+  c.model.num_heads = 4
+  c.model.d_ff = 1024
+  c.model.dropout = 0.1
+  c.model.tie_embeddings = True
+  c.model.dtype = 'float32'
+  c.model.item_hash_buckets = 0   # >0: hashed item-identity embeddings (see DecoderConfig)
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.train_splits = ('train',)   # ('train', 'valid'): the labelled train+valid refit
+  c.sft.epochs = 20
+  c.sft.batch_size = 256
+  c.sft.lr = 1e-3
+  c.sft.warmup_steps = 200
+  c.sft.weight_decay = 0.1
+  c.sft.clip_norm = 1.0
+  c.sft.b1 = 0.9
+  c.sft.b2 = 0.98
+  c.sft.label_smoothing = 0.0
+  c.sft.log_every_steps = 20
+  c.sft.checkpoint_every_steps = 500
+  c.sft.valid_split = 'valid'
+  c.sft.valid_max_rows = 2000
+  c.sft.valid_beams = 20
+  c.sft.keep_best = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_beams = 50
@@ -58,6 +91,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad('eval.batch_size', f'must be >= 1, got {c.eval.batch_size}')
   if c.eval.split not in ('train', 'valid', 'test'):
     bad('eval.split', f'{c.eval.split!r} is not train, valid or test')
+  if c.model.d_model % c.model.num_heads:
+    bad('model.d_model', f'{c.model.d_model} is not divisible by model.num_heads={c.model.num_heads}')
+  if c.sft.epochs < 1 or c.sft.batch_size < 1:
+    bad('sft.epochs' if c.sft.epochs < 1 else 'sft.batch_size', 'must be >= 1')
+  if c.sft.valid_beams < 10:
+    bad('sft.valid_beams', f'must be >= 10 (validation selects by NDCG@10), got {c.sft.valid_beams}')
+  for split in c.sft.train_splits:
+    if split not in ('train', 'valid'):
+      bad('sft.train_splits', f'{split!r} is not train or valid')
+  if c.sid.source not in ('given', 'learned'):
+    bad('sid.source', f'{c.sid.source!r} is not given or learned')
   for name in c.baseline.names:
     if name not in ('popularity', 'transition'):
       bad('baseline.names', f'unknown baseline {name!r}')

@@ -1,18 +1,40 @@
-"""The stages behind each CLI mode, wired from the config (design §8)."""
+"""The stages behind each CLI mode, wired from the config (design §8).
+
+  baseline  -> W/eval/{popularity,transition}_<split>/
+  sid       -> W/sid/ (index.json, stats.json, codebook params)
+  sft       -> W/checkpoints/sft, W/eval/sft_<split>/   (learns SIDs first if sid.source=learned)
+  rl        -> W/checkpoints/rl,  W/eval/rl_<split>/    (runs sft first if it has no checkpoint)
+  eval      -> re-evaluates the newest trained stage
+  recommend -> top-N items with titles for given histories (W/recommend.json)
+  all       -> baseline, sid (if learned), sft, rl
+"""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
 
 from vstar_jax import baselines
+from vstar_jax.data import amazon
 from vstar_jax.data import loading
+from vstar_jax.data import synthetic
+from vstar_jax.data import types
+from vstar_jax.decode import beam
 from vstar_jax.eval import export
+from vstar_jax.model import decoder
+from vstar_jax.sid import learn
 from vstar_jax.sid import trie as trie_lib
+from vstar_jax.train import checkpoint as checkpoint_lib
+from vstar_jax.train import metrics_log
+from vstar_jax.train import plots
+from vstar_jax.train import sft
+from vstar_jax.train import state as state_lib
 
 
 def eval_dir(workdir: pathlib.Path, stage: str, split: str) -> pathlib.Path:
@@ -25,16 +47,31 @@ def eval_rows(config: ml_collections.ConfigDict, num_rows: int) -> np.ndarray:
   return np.arange(min(limit, num_rows))
 
 
-def report_catalogue(dataset) -> None:
+def report_catalogue(dataset: types.Dataset) -> None:
   groups = trie_lib.collision_groups(dataset.item_codes)
-  logging.info('%s: %d items, %d SID collision groups (%d items share a SID)', dataset.name,
-               dataset.num_items, len(groups), sum(len(g) for g in groups))
+  logging.info('%s: %d items, %d SID levels, %d SID collision groups (%d items share a SID)',
+               dataset.name, dataset.num_items, dataset.num_levels, len(groups),
+               sum(len(g) for g in groups))
+
+
+def load_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> types.Dataset:
+  """The dataset under the SIDs the config asks for (shipped, or learned into W/sid/)."""
+  dataset = loading.load(config)
+  if config.sid.source == 'learned':
+    index = workdir / 'sid' / 'index.json'
+    if not index.exists():
+      run_sid(config, workdir, dataset)
+    codes = amazon.load_index(index, config.sid.codebook_size)
+    if codes.shape[0] != dataset.num_items:
+      raise amazon.DataError(f'{index} has {codes.shape[0]} items, the dataset has {dataset.num_items}')
+    dataset = dataset.with_item_codes(codes, config.sid.codebook_size)
+  report_catalogue(dataset)
+  return dataset
 
 
 def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
   """Most-popular and transition baselines -> W/eval/<name>_<split>/."""
-  dataset = dataset or loading.load(config)
-  report_catalogue(dataset)
+  dataset = dataset or load_dataset(config, workdir)
   split = config.eval.split
   rows = eval_rows(config, len(dataset.splits[split]))
   queries = dataset.splits[split].subset(rows)
@@ -45,17 +82,162 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
                                       config.eval.num_beams)
     results[name] = export.evaluate_and_export(
         eval_dir(workdir, name, split), codes, dataset.target_sids[split][rows],
-        dataset.target_codes(split)[rows], dataset.item_codes)
-    logging.info('%s on %s %s: HR@10 %.4f NDCG@10 %.4f (%.1fs)', name, dataset.name, split,
-                 results[name].get('HR@10', float('nan')), results[name].get('NDCG@10', float('nan')),
-                 time.time() - start)
+        dataset.target_codes(split)[rows], dataset.item_codes, {'wall_s': time.time() - start})
+    logging.info('%s on %s %s: HR@10 %.4f NDCG@10 %.4f', name, dataset.name, split,
+                 results[name].get('HR@10', float('nan')), results[name].get('NDCG@10', float('nan')))
   return results
 
 
-STAGES = {'baseline': run_baselines}
+def run_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
+  """Learns a collision-free codebook from item embeddings -> W/sid/."""
+  dataset = dataset or loading.load(config)
+  if dataset.name == 'synthetic':
+    embeddings, source = synthetic.item_embeddings(dataset, seed=config.seed), 'synthetic'
+  else:
+    data_dir = amazon.resolve_data_dir(config.data_dir or None)
+    embeddings, source = learn.load_item_embeddings(
+        data_dir, amazon.DATASETS[dataset.name], embedding_path=config.sid.embedding_path or None,
+        text_dim=config.sid.text_dim, seed=config.sid.seed)
+  _, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source)
+  shipped = learn.code_stats(dataset.item_codes, dataset.num_codes, embeddings)
+  stats['shipped'] = shipped
+  export.write_json_atomic(workdir / 'sid' / 'stats.json', stats)
+  logging.info('SIDs: level-1 utilization shipped %.3f -> ours %.3f; collisions shipped %d -> ours %d',
+               shipped['utilization'][0], stats['after']['utilization'][0],
+               shipped['collision_groups'], stats['collisions_after'])
+  return stats
+
+
+def evaluate_params(config, workdir, dataset, params, cfg, stage: str, extra=None) -> dict:
+  """Beam-search evaluation (design §3) of `params` -> W/eval/<stage>_<split>/."""
+  split = config.eval.split
+  rows = eval_rows(config, len(dataset.splits[split]))
+  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
+  start = time.time()
+  codes, _ = beam.beam_search_split(params, cfg, trie, dataset.history_codes(split)[rows],
+                                    config.eval.num_beams, config.eval.batch_size)
+  wall = time.time() - start
+  if not np.asarray(trie_lib.is_valid_sid(trie, np.maximum(codes, 0)) | (codes < 0).any(-1)).all():
+    raise AssertionError('beam search produced a SID outside the trie')
+  info = {'eval_wall_s': wall, 'users_per_s': len(rows) / wall, 'num_beams': config.eval.num_beams,
+          'split': split, 'sid_source': config.sid.source}
+  info.update(extra or {})
+  result = export.evaluate_and_export(eval_dir(workdir, stage, split), codes,
+                                      dataset.target_sids[split][rows],
+                                      dataset.target_codes(split)[rows], dataset.item_codes, info)
+  logging.info('%s on %s %s (beam %d): HR@10 %.4f NDCG@10 %.4f, %d invalid', stage, dataset.name,
+               split, config.eval.num_beams, result.get('HR@10', np.nan), result.get('NDCG@10', np.nan),
+               result['invalid'])
+  return result
+
+
+def plot_stage(workdir: pathlib.Path, stage: str, keys: list[str]) -> None:
+  records = metrics_log.MetricsLog(workdir).read(stage)
+  path = plots.plot_curves(records, keys, workdir / 'plots' / f'{stage}_curves.png', f'{stage} training')
+  if path:
+    logging.info('wrote %s', path)
+
+
+def run_sft(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
+  """Trains the decoder (resuming if W has a checkpoint), then evaluates -> W/eval/sft_<split>/."""
+  dataset = dataset or load_dataset(config, workdir)
+  start = time.time()
+  result = sft.train(config, dataset, workdir)
+  train_wall = time.time() - start
+  plot_stage(workdir, sft.STAGE, ['loss', 'acc_L1', 'acc_L3', 'valid_NDCG@10', 'valid_HR@10'])
+  extra = {'train_wall_s': train_wall, 'train_steps': result.steps,
+           'train_splits': list(config.sft.train_splits), 'seed': config.seed,
+           'best_valid_NDCG@10': result.best_valid.get(sft.BEST_METRIC)}
+  return evaluate_params(config, workdir, dataset, result.params, result.cfg, 'sft', extra)
+
+
+def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage: str):
+  """Params of `stage`'s best checkpoint (latest if none is ranked), or None."""
+  directory = workdir / 'checkpoints' / stage
+  if not directory.exists():
+    return None
+  cfg = sft.decoder_config(config, dataset)
+  params = decoder.init_params(cfg, jax.random.key(0))
+  template = state_lib.TrainState.create(params, state_lib.make_optimizer(1e-3, 0, 2), jax.random.key(0))
+  ckpt = checkpoint_lib.Checkpointer(directory, best_metric=sft.BEST_METRIC)
+  restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
+  ckpt.close()
+  return None if restored is None else (restored[0].params, cfg)
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
+  """Re-evaluates the newest trained stage (rl if present, else sft)."""
+  dataset = dataset or load_dataset(config, workdir)
+  for stage in ('rl', 'sft'):
+    restored = restore_params(config, workdir, dataset, stage)
+    if restored is not None:
+      return evaluate_params(config, workdir, dataset, *restored, stage)
+  raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: run --config.mode=sft first')
+
+
+def parse_history(text: str, num_items: int) -> list[int]:
+  try:
+    items = [int(x) for x in text.split(',') if x.strip()]
+  except ValueError:
+    raise ValueError(f'--config.recommend.history: expected comma-separated item ids, got {text!r}') from None
+  bad = [i for i in items if not 0 <= i < num_items]
+  if bad or not items:
+    raise ValueError(f'--config.recommend.history: item ids must be in 0..{num_items - 1}, got {text!r}')
+  return items
+
+
+def run_recommend(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> list:
+  """Top-N items (ids + titles) for the given history, or for the first rows of eval.split."""
+  dataset = dataset or load_dataset(config, workdir)
+  restored = None
+  for stage in ('rl', 'sft'):
+    restored = restore_params(config, workdir, dataset, stage)
+    if restored is not None:
+      break
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: run --config.mode=sft first')
+  params, cfg = restored
+  t = dataset.max_history
+  if config.recommend.history:
+    items = parse_history(config.recommend.history, dataset.num_items)[-t:]
+    item_rows = np.array([[types.PAD] * (t - len(items)) + items])
+  else:
+    item_rows = dataset.splits[config.eval.split].history_items[:config.recommend.num_rows]
+  history = np.where((item_rows >= 0)[..., None], dataset.item_codes[np.maximum(item_rows, 0)], -1)
+  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
+  top_n = config.recommend.top_n
+  codes, scores = beam.beam_search(params, cfg, trie, np.asarray(history, np.int32), max(top_n, 1))
+  nodes = np.asarray(trie_lib.lookup(trie, np.maximum(np.asarray(codes), 0)))
+  out = []
+  for row, user_items in enumerate(item_rows):
+    recs = []
+    for slot in range(top_n):
+      for item in trie.leaf_items[nodes[row, slot]]:
+        if item >= 0:
+          recs.append({'item_id': int(item), 'title': str(dataset.item_titles[item]),
+                       'log_prob': float(scores[row, slot])})
+    out.append({'history': [int(i) for i in user_items if i >= 0], 'recommendations': recs[:top_n]})
+  (workdir / 'recommend.json').write_text(json.dumps(out, indent=1))
+  print(json.dumps(out, indent=1))
+  return out
+
+
+def run_all(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  dataset = load_dataset(config, workdir)
+  run_baselines(config, workdir, dataset)
+  run_sft(config, workdir, dataset)
+  if 'rl' in STAGES:
+    STAGES['rl'](config, workdir, dataset)
+
+
+STAGES = {'baseline': run_baselines, 'sid': run_sid, 'sft': run_sft, 'eval': run_eval,
+          'recommend': run_recommend}
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  if config.mode not in STAGES:
+  if config.mode == 'all':
+    run_all(config, workdir)
+  elif config.mode not in STAGES:
     raise NotImplementedError(f'mode {config.mode!r} is not available yet')
-  STAGES[config.mode](config, workdir)
+  else:
+    STAGES[config.mode](config, workdir)

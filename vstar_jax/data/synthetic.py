@@ -73,3 +73,16 @@ def make_dataset(num_items: int = 400, num_users: int = 600, seq_len: int = 14, 
       name='synthetic', item_codes=codes, num_codes=num_codes,
       item_titles=np.asarray([f'item {i}' for i in range(num_items)], dtype=object),
       splits=splits, target_sids={s: sids[v.target_item] for s, v in splits.items()})
+
+
+def item_embeddings(dataset: types.Dataset, dim: int = 32, noise: float = 0.3, seed: int = 0) -> np.ndarray:
+  """[I, dim] unit-norm embeddings that follow the planted SID tree (for learning synthetic SIDs).
+
+  Each level adds a random direction per code, with geometrically smaller weight,
+  so items sharing a prefix lie close together, plus isotropic noise.
+  """
+  rng = np.random.default_rng(seed)
+  levels = [rng.normal(size=(dataset.num_codes, dim)) * 0.5 ** l for l in range(dataset.num_levels)]
+  emb = sum(levels[l][dataset.item_codes[:, l]] for l in range(dataset.num_levels))
+  emb = emb + noise * rng.normal(size=emb.shape)
+  return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)

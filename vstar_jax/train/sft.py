@@ -1,0 +1,195 @@
+"""Supervised next-item training of the decoder (SFT), with per-epoch validation and auto-resume.
+
+Each train row (history -> next item) is one example, as in MiniOneRec's sliding
+windows; the loss is the mean over the L levels of the (label-smoothed)
+cross-entropy of the level's code. Validation runs constrained beam search on the
+valid split after every epoch; the best epoch by valid NDCG@10 is kept beside the
+latest checkpoints. Re-running with the same workdir resumes from the latest
+checkpoint (params, optimizer, step, RNG and data position), bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vstar_jax.data import types
+from vstar_jax.decode import beam
+from vstar_jax.eval import metrics as metrics_lib
+from vstar_jax.model import decoder
+from vstar_jax.sid import trie as trie_lib
+from vstar_jax.train import checkpoint as checkpoint_lib
+from vstar_jax.train import metrics_log
+from vstar_jax.train import state as state_lib
+
+STAGE = 'sft'
+BEST_METRIC = 'valid_NDCG@10'
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN/Inf; the last good checkpoint is kept on disk."""
+
+
+def decoder_config(config: ml_collections.ConfigDict, dataset: types.Dataset) -> decoder.DecoderConfig:
+  """DecoderConfig from config.model and the dataset's SID shape."""
+  m = config.model
+  return decoder.DecoderConfig(
+      num_levels=dataset.num_levels, num_codes=dataset.num_codes, max_history=dataset.max_history,
+      num_layers=m.num_layers, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
+      dropout=m.dropout, tie_embeddings=m.tie_embeddings, dtype=m.dtype,
+      item_hash_buckets=m.item_hash_buckets)
+
+
+def sft_loss(params, cfg: decoder.DecoderConfig, history, target, rng, label_smoothing: float):
+  """Mean label-smoothed NLL of the target codes.
+
+  Args:
+    history: [B, T, L] int32; target: [B, L] int32.
+
+  Returns:
+    loss [] and metrics {'nll', 'acc_L1'.. per level}.
+  """
+  log_probs, _ = decoder.forward_train(params, cfg, history, target, rng=rng, train=True)
+  onehot = jax.nn.one_hot(target, cfg.num_codes)
+  smoothed = (1.0 - label_smoothing) * onehot + label_smoothing / cfg.num_codes
+  loss = -(smoothed * log_probs).sum(-1).mean()
+  nll = -(onehot * log_probs).sum(-1).mean()
+  correct = (jnp.argmax(log_probs, -1) == target).mean(0)
+  out = {'loss': loss, 'nll': nll}
+  out.update({f'acc_L{l + 1}': correct[l] for l in range(cfg.num_levels)})
+  return loss, out
+
+
+def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: float):
+  """Jitted (state, history [B,T,L], target [B,L]) -> (state, metrics); the state is donated."""
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state: state_lib.TrainState, history, target):
+    state, key = state_lib.split_rng(state)
+    grads, metrics = jax.grad(sft_loss, has_aux=True)(state.params, cfg, history, target, key,
+                                                      label_smoothing)
+    metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
+    return state_lib.apply_gradients(state, grads, optimizer), metrics
+
+  return train_step
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+  """Deterministic shuffle of rows for one epoch (a function of seed and epoch only)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_rows)
+
+
+def training_rows(dataset: types.Dataset, splits) -> tuple[np.ndarray, np.ndarray]:
+  """Histories [N, T, L] and targets [N, L] of the listed splits, concatenated."""
+  history = np.concatenate([dataset.history_codes(s) for s in splits])
+  target = np.concatenate([dataset.target_codes(s) for s in splits])
+  return history, target
+
+
+def beam_eval(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, dataset: types.Dataset,
+              split: str, rows: np.ndarray, num_beams: int, batch_size: int):
+  """Constrained beam search on `rows` of `split` -> (pred codes [N, W, L], metrics)."""
+  codes, _ = beam.beam_search_split(params, cfg, trie, dataset.history_codes(split)[rows], num_beams,
+                                    batch_size)
+  target = dataset.target_codes(split)[rows]
+  match = (codes == target[:, None, :]).all(-1)
+  ranks = np.where(match.any(1), match.argmax(1), metrics_lib.NO_HIT)
+  out = metrics_lib.hr_ndcg(ranks, num_beams)
+  out.update(metrics_lib.level_hits(codes, target))
+  return codes, out
+
+
+@dataclasses.dataclass
+class SftResult:
+  params: dict
+  cfg: decoder.DecoderConfig
+  best_valid: dict
+  steps: int
+
+
+def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pathlib.Path,
+          stop_at_step: int | None = None) -> SftResult:
+  """Trains (or resumes training of) the decoder; returns the best-by-valid params.
+
+  Args:
+    config: the full config (model, sft, eval, seed).
+    dataset: the dataset with the SIDs to train on.
+    workdir: run directory (checkpoints under workdir/checkpoints/sft).
+    stop_at_step: stop once this many steps are done, as a preemption would
+      (tests use it to check that a resumed run matches an uninterrupted one).
+  """
+  s = config.sft
+  cfg = decoder_config(config, dataset)
+  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
+  history, target = training_rows(dataset, s.train_splits)
+  num_rows = history.shape[0]
+  batch_size = min(s.batch_size, num_rows)
+  steps_per_epoch = num_rows // batch_size
+  total_steps = steps_per_epoch * s.epochs
+  optimizer = state_lib.make_optimizer(s.lr, min(s.warmup_steps, total_steps - 1), total_steps,
+                                       s.weight_decay, s.clip_norm, s.b1, s.b2)
+  init_key, state_key = jax.random.split(jax.random.key(config.seed))
+  state = state_lib.TrainState.create(decoder.init_params(cfg, init_key), optimizer, state_key)
+  ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / 'checkpoints' / STAGE,
+                                     max_to_keep=2, keep_best=True, best_metric=BEST_METRIC)
+  log = metrics_log.MetricsLog(workdir)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state = restored[0]
+    logging.info('sft: resumed from step %d (epoch %d, batch %d)', int(state.step),
+                 int(state.data_epoch), int(state.data_index))
+  log.truncate_after(STAGE, int(state.step))
+  valid_split = s.valid_split
+  valid_rows = np.arange(min(s.valid_max_rows or len(dataset.splits[valid_split]),
+                             len(dataset.splits[valid_split])))
+  train_step = make_train_step(cfg, optimizer, s.label_smoothing)
+  progress = metrics_log.Progress('sft', total_steps, start=int(state.step))
+  logging.info('sft: %d rows, batch %d, %d steps/epoch, %d epochs, %d params', num_rows, batch_size,
+               steps_per_epoch, s.epochs, sum(x.size for x in jax.tree.leaves(state.params)))
+  step = int(state.step)
+  while int(state.data_epoch) < s.epochs:
+    epoch = int(state.data_epoch)
+    order = epoch_order(num_rows, config.seed, epoch)
+    for index in range(int(state.data_index), steps_per_epoch):
+      rows = order[index * batch_size:(index + 1) * batch_size]
+      state, metrics = train_step(state, history[rows], target[rows])
+      state = state.replace(data_index=jnp.int32(index + 1))
+      step += 1
+      if step % s.log_every_steps == 0 or index + 1 == steps_per_epoch:
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics['loss']):
+          ckpt.close()
+          raise TrainingDiverged(f'sft: loss is {metrics["loss"]} at step {step}; stopped. The last '
+                                 f'good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}')
+        log.write(STAGE, step, epoch=epoch, **metrics)
+        progress.update(step, f'loss {metrics["loss"]:.4f}')
+      if stop_at_step is not None and step >= stop_at_step:
+        ckpt.save(step, state)
+        ckpt.close()
+        return SftResult(state.params, cfg, {}, step)
+      if s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
+        ckpt.save(step, state)
+    state = state.replace(data_epoch=jnp.int32(epoch + 1), data_index=jnp.int32(0))
+    _, valid = beam_eval(state.params, cfg, trie, dataset, valid_split, valid_rows, s.valid_beams,
+                         config.eval.batch_size)
+    valid = {f'valid_{k}': v for k, v in valid.items()}
+    log.write(STAGE, step, epoch=epoch + 1, **valid)
+    logging.info('sft epoch %d/%d: valid HR@10 %.4f NDCG@10 %.4f', epoch + 1, s.epochs,
+                 valid['valid_HR@10'], valid['valid_NDCG@10'])
+    ckpt.save(step, state, metrics=valid)
+  ckpt.wait()
+  best = ckpt.restore_best(state) if s.keep_best else None
+  final_state, meta = best if best is not None else (state, {})
+  best_step = ckpt.best_step() if best is not None else step
+  ckpt.close()
+  best_valid = next((r for r in log.read(STAGE) if r['step'] == best_step and BEST_METRIC in r), {})
+  logging.info('sft: done; using step %d (valid NDCG@10 %s)', best_step, best_valid.get(BEST_METRIC))
+  del meta
+  return SftResult(final_state.params, cfg, best_valid, step)
