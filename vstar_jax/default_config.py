@@ -34,18 +34,18 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.num_layers = 4
-  c.model.d_model = 256
+  c.model.d_model = 128
   c.model.num_heads = 4
-  c.model.d_ff = 1024
+  c.model.d_ff = 512
   c.model.dropout = 0.1
   c.model.tie_embeddings = True
   c.model.dtype = 'float32'
-  c.model.item_hash_buckets = 0   # >0: hashed item-identity embeddings (see DecoderConfig)
+  c.model.item_hash_buckets = 4096  # >0: hashed item-identity embeddings (see DecoderConfig)
 
   c.sft = ml_collections.ConfigDict()
   c.sft.train_splits = ('train',)   # ('train', 'valid'): the labelled train+valid refit
   c.sft.epochs = 20
-  c.sft.batch_size = 256
+  c.sft.batch_size = 128
   c.sft.lr = 1e-3
   c.sft.warmup_steps = 200
   c.sft.weight_decay = 0.1
@@ -56,13 +56,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.log_every_steps = 20
   c.sft.checkpoint_every_steps = 500
   c.sft.valid_split = 'valid'
-  c.sft.valid_max_rows = 2000
+  c.sft.valid_max_rows = 1000
   c.sft.valid_beams = 20
   c.sft.keep_best = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_beams = 50
-  c.eval.batch_size = 64
+  c.eval.batch_size = 32
   c.eval.split = 'test'
   c.eval.max_rows = 0          # 0: every row of the split
 

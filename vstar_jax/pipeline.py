@@ -66,7 +66,17 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ty
       raise amazon.DataError(f'{index} has {codes.shape[0]} items, the dataset has {dataset.num_items}')
     dataset = dataset.with_item_codes(codes, config.sid.codebook_size)
   report_catalogue(dataset)
+  validate_against_data(config, dataset)
   return dataset
+
+
+def validate_against_data(config: ml_collections.ConfigDict, dataset: types.Dataset) -> None:
+  """Rejects settings the data makes impossible, before any training starts."""
+  num_sids = len({tuple(r) for r in dataset.item_codes.tolist()})
+  for flag, beams in (('eval.num_beams', config.eval.num_beams), ('sft.valid_beams', config.sft.valid_beams)):
+    if beams > num_sids:
+      raise ValueError(f'--config.{flag}={beams} exceeds the {num_sids} distinct SIDs of the '
+                       f'{dataset.name} catalogue')
 
 
 def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:

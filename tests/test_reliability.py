@@ -1,0 +1,82 @@
+"""Reliability: SIGKILL mid-run then resume, divergence keeps the last good checkpoint, bad config."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from vstar_jax import default_config
+from vstar_jax.data import synthetic
+from vstar_jax.train import sft
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ARGS = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
+        '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8',
+        '--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
+        '--config.model.d_ff=64', '--config.sft.batch_size=32', '--config.sft.epochs=3',
+        '--config.sft.warmup_steps=5', '--config.sft.checkpoint_every_steps=5',
+        '--config.sft.valid_beams=10', '--config.sft.valid_max_rows=50', '--config.eval.batch_size=50',
+        '--config.mode=sft']
+
+
+def _cmd(workdir):
+  return [sys.executable, '-m', 'vstar_jax.main', f'--workdir={workdir}', *ARGS]
+
+
+def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
+  subprocess.run(_cmd(tmp_path / 'full'), cwd=REPO, check=True, capture_output=True, timeout=900)
+  proc = subprocess.Popen(_cmd(tmp_path / 'killed'), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = tmp_path / 'killed' / 'checkpoints' / 'sft'
+  deadline = time.time() + 600
+  # Kill once a mid-run checkpoint beyond the first exists (and before the run can finish).
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in ckpt.glob('*') if p.name.isdigit()] if ckpt.exists() else []
+    if any(s >= 10 for s in steps):
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, 'run finished before it could be killed'
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / 'killed' / 'eval').exists()
+  subprocess.run(_cmd(tmp_path / 'killed'), cwd=REPO, check=True, capture_output=True, timeout=900)
+  full = json.loads((tmp_path / 'full' / 'eval' / 'sft_test' / 'metrics.json').read_text())
+  resumed = json.loads((tmp_path / 'killed' / 'eval' / 'sft_test' / 'metrics.json').read_text())
+  for key in ('HR@1', 'HR@10', 'NDCG@10', 'HR@50', 'hit_L1'):
+    assert resumed[key] == full[key], key
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+  data = synthetic.make_dataset(num_items=120, num_users=150, num_codes=8, seq_len=8)
+  c = default_config.base_config()
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 1, 32, 2, 64
+  c.sft.batch_size, c.sft.epochs, c.sft.warmup_steps, c.sft.valid_beams = 32, 2, 2, 10
+  sft.train(c, data, tmp_path, stop_at_step=6)
+  c.sft.lr = 1e30          # the resumed run blows up
+  with pytest.raises(sft.TrainingDiverged, match=r'loss is (nan|inf).*last good checkpoint \(step 6\)'):
+    sft.train(c, data, tmp_path)
+  ckpt = sft.checkpoint_lib.Checkpointer(tmp_path / 'checkpoints' / 'sft', best_metric=sft.BEST_METRIC)
+  template = sft.state_lib.TrainState.create(
+      sft.decoder.init_params(sft.decoder_config(c, data), jax.random.key(0)),
+      sft.state_lib.make_optimizer(1e-3, 1, 10), jax.random.key(0))
+  state, _ = ckpt.restore_latest(template)
+  ckpt.close()
+  assert int(state.step) == 6
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_impossible_beam_count_is_rejected_before_work(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'vstar_jax.main', f'--workdir={tmp_path}',
+                         '--config=configs/synthetic.py', '--config.synthetic.num_items=40',
+                         '--config.mode=sft', '--config.eval.num_beams=100'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert '--config.eval.num_beams=100 exceeds the 40 distinct SIDs' in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()
