@@ -48,6 +48,25 @@ def test_sft_eval_recommend_on_synthetic(tmp_path):
   assert '"recommendations"' in out.stdout
 
 
+def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):
+  args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
+          '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8', *TINY,
+          '--config.sft.epochs=2', '--config.rl.steps=4', '--config.rl.batch_users=16',
+          '--config.rl.value_pretrain_steps=2', '--config.rl.valid_every=2',
+          '--config.rl.valid_max_rows=50', '--config.rl.valid_beams=10', '--config.rl.group_size=8',
+          '--config.rl.ved_multiplier=3', '--config.rl.lr=0.0003']
+  _main(tmp_path, *args, '--config.mode=rl')
+  rl = _metrics(tmp_path, 'rl')
+  assert rl['n'] == 150 and rl['invalid'] == 0 and rl['rl_steps'] == 4 and rl['rollout'] == 'ved'
+  assert (tmp_path / 'eval' / 'sft_test' / 'metrics.json').exists()
+  records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  steps = [r['step'] for r in records if r['stage'] == 'rl' and 'loss' in r]
+  assert steps == [1, 2, 3, 4]
+  # eval now re-scores the RL checkpoint.
+  _main(tmp_path, *args, '--config.mode=eval')
+  assert _metrics(tmp_path, 'rl')['HR@10'] == rl['HR@10']
+
+
 def test_learned_sids_on_synthetic(tmp_path):
   args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
           '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8',

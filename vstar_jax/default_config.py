@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vstar_jax.rl import loop
 from vstar_jax.sid import learn
 
 MODES = ('baseline', 'sid', 'sft', 'rl', 'eval', 'recommend', 'all')
@@ -60,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.valid_beams = 20
   c.sft.keep_best = True
 
+  c.rl = loop.default_rl_config()
+
   c.eval = ml_collections.ConfigDict()
   c.eval.num_beams = 50
   c.eval.batch_size = 32
@@ -102,6 +105,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad('sft.train_splits', f'{split!r} is not train or valid')
   if c.sid.source not in ('given', 'learned'):
     bad('sid.source', f'{c.sid.source!r} is not given or learned')
+  loop.validate_config(c.rl)
   for name in c.baseline.names:
     if name not in ('popularity', 'transition'):
       bad('baseline.names', f'unknown baseline {name!r}')

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from vstar_jax import default_config
 from vstar_jax import pipeline
+from vstar_jax.rl import loop
 from vstar_jax.train import sft
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file '
@@ -43,6 +44,7 @@ def main(argv):
   except ValueError as e:
     logging.error('%s', e)
     sys.exit(f'config error: {e}')
+  loop.initialize_distributed(config.rl)   # multi-host: before anything touches JAX
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(json.dumps(config.to_dict(), indent=1, default=str))

@@ -28,6 +28,7 @@ from vstar_jax.data import types
 from vstar_jax.decode import beam
 from vstar_jax.eval import export
 from vstar_jax.model import decoder
+from vstar_jax.rl import loop
 from vstar_jax.sid import learn
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import checkpoint as checkpoint_lib
@@ -162,12 +163,15 @@ def run_sft(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
 
 
 def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage: str):
-  """Params of `stage`'s best checkpoint (latest if none is ranked), or None."""
+  """(params, cfg) of `stage`'s best checkpoint (latest if none is ranked), or None."""
   directory = workdir / 'checkpoints' / stage
   if not directory.exists():
     return None
   cfg = sft.decoder_config(config, dataset)
   params = decoder.init_params(cfg, jax.random.key(0))
+  if stage == loop.STAGE:
+    params = loop.restore_best_params(workdir, params)
+    return None if params is None else (params, cfg)
   template = state_lib.TrainState.create(params, state_lib.make_optimizer(1e-3, 0, 2), jax.random.key(0))
   ckpt = checkpoint_lib.Checkpointer(directory, best_metric=sft.BEST_METRIC)
   restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
@@ -232,22 +236,39 @@ def run_recommend(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
   return out
 
 
+def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
+  """V-STAR RL from the SFT checkpoint (training SFT first if there is none) -> W/eval/rl_<split>/."""
+  dataset = dataset or load_dataset(config, workdir)
+  restored = restore_params(config, workdir, dataset, sft.STAGE)
+  if restored is None:
+    logging.info('rl: no SFT checkpoint in %s; running sft first', workdir)
+    run_sft(config, workdir, dataset)
+    restored = restore_params(config, workdir, dataset, sft.STAGE)
+  sft_params, cfg = restored
+  start = time.time()
+  result = loop.train(config, dataset, workdir, sft_params, cfg)
+  train_wall = time.time() - start
+  plot_stage(workdir, loop.STAGE, ['loss', 'reward_mean', 'rollout_hit', 'kl', 'valid_NDCG@10'])
+  r = config.rl
+  extra = {'rl_wall_s': train_wall, 'rl_steps': result.steps, 'seed': config.seed,
+           'rollout': r.rollout, 'w_sib': r.w_sib, 'reward': r.reward, 'group_size': r.group_size,
+           'ved_multiplier': r.ved_multiplier, 'best_valid_NDCG@10': result.best_valid.get(loop.BEST_METRIC)}
+  return evaluate_params(config, workdir, dataset, result.params, cfg, 'rl', extra)
+
+
 def run_all(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   dataset = load_dataset(config, workdir)
   run_baselines(config, workdir, dataset)
   run_sft(config, workdir, dataset)
-  if 'rl' in STAGES:
-    STAGES['rl'](config, workdir, dataset)
+  run_rl(config, workdir, dataset)
 
 
-STAGES = {'baseline': run_baselines, 'sid': run_sid, 'sft': run_sft, 'eval': run_eval,
-          'recommend': run_recommend}
+STAGES = {'baseline': run_baselines, 'sid': run_sid, 'sft': run_sft, 'rl': run_rl,
+          'eval': run_eval, 'recommend': run_recommend}
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   if config.mode == 'all':
     run_all(config, workdir)
-  elif config.mode not in STAGES:
-    raise NotImplementedError(f'mode {config.mode!r} is not available yet')
   else:
     STAGES[config.mode](config, workdir)

@@ -11,7 +11,8 @@ loss divides a shard-local sum by the *global* count (`lax.psum` of the counts),
 shard's loss is its share of the global-batch loss; `lax.psum` of the shards' gradients
 (and metrics) is then exactly the single-device gradient of the whole batch, even when
 shards hold different numbers of valid tokens. tests/test_update.py checks this equality
-on 4 simulated devices.
+on 4 simulated devices. `local_update` is that per-shard step, so a caller that runs more
+per-device work in the same `shard_map` (the RL loop: rollout, scoring, then updates) reuses it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def init_state(params: Any, optimizer: optax.GradientTransformation,
                  opt_state=optimizer.init(params))
 
 
-def _global_mean(x: jnp.ndarray, mask: jnp.ndarray, axis_name: Optional[str]) -> jnp.ndarray:
+def global_mean(x: jnp.ndarray, mask: jnp.ndarray, axis_name: Optional[str]) -> jnp.ndarray:
   """Mean of x over mask across the whole batch; under `axis_name` this shard's share."""
   mask = mask.astype(jnp.float32)
   count = jnp.sum(mask)
@@ -92,7 +93,8 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
       cand: [B, G, L] int32 candidates (plus whatever `policy_fn` reads),
       valid: [B, G] bool,
       old_logp: [B, G, L] rollout-policy log-probs of the candidate tokens,
-      group_adv: [B, G] z-scored group advantages (broadcast to all L tokens),
+      group_adv: [B, G] z-scored group advantages (broadcast to all L tokens), or
+        [B, G, L] per-token advantages (the alpha-blend of group and sibling advantages),
       sibling_adv: [B, G, L] sibling advantages A(y_<l, y_l),
       value_targets: [B, G, L+1] value-head targets.
     policy_fn: (params, batch) -> (token_logp [B, G, L], values [B, G, L+1]).
@@ -114,15 +116,18 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
   token_mask = jnp.broadcast_to(valid[..., None], token_logp.shape)
   ratio = jnp.exp(token_logp - batch['old_logp'])
 
-  group_adv = jnp.broadcast_to(batch['group_adv'][..., None], token_logp.shape)
-  grpo = _global_mean(_clipped_pg(ratio, group_adv, cfg.clip_eps), token_mask, axis_name)
+  group_adv = batch['group_adv']
+  if group_adv.ndim == valid.ndim:
+    group_adv = group_adv[..., None]
+  group_adv = jnp.broadcast_to(group_adv, token_logp.shape)
+  grpo = global_mean(_clipped_pg(ratio, group_adv, cfg.clip_eps), token_mask, axis_name)
   sibling_adv = batch['sibling_adv']
   sibling_mask = token_mask & (sibling_adv != 0)
-  sibling = _global_mean(_clipped_pg(ratio, sibling_adv, cfg.clip_eps), sibling_mask, axis_name)
+  sibling = global_mean(_clipped_pg(ratio, sibling_adv, cfg.clip_eps), sibling_mask, axis_name)
   log_ratio_ref = ref_logp - token_logp
-  kl = _global_mean(jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0, token_mask, axis_name)
+  kl = global_mean(jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0, token_mask, axis_name)
   value_mask = jnp.broadcast_to(valid[..., None], values.shape)
-  value = _global_mean((values - batch['value_targets']) ** 2, value_mask, axis_name)
+  value = global_mean((values - batch['value_targets']) ** 2, value_mask, axis_name)
   loss = grpo + cfg.w_sib * sibling + cfg.kl_beta * kl + cfg.w_value * value
 
   clipped = (((ratio < 1.0 - cfg.clip_eps) & (group_adv < 0))
@@ -133,9 +138,9 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
       'sibling_loss': sibling,
       'kl': kl,
       'value_loss': value,
-      'clip_frac': _global_mean(clipped, token_mask, axis_name),
-      'sibling_frac': _global_mean(sibling_adv != 0, token_mask, axis_name),
-      'nll': _global_mean(-token_logp, token_mask, axis_name),
+      'clip_frac': global_mean(clipped, token_mask, axis_name),
+      'sibling_frac': global_mean(sibling_adv != 0, token_mask, axis_name),
+      'nll': global_mean(-token_logp, token_mask, axis_name),
   }
   return loss, jax.tree.map(lax.stop_gradient, metrics)
 
@@ -165,6 +170,26 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(jax.tree.map(jnp.copy, tree), NamedSharding(mesh, P()))
 
 
+def local_update(state: RLState, batch: dict, policy_fn: PolicyFn,
+                 optimizer: optax.GradientTransformation, cfg: LossConfig,
+                 axis_name: str = DATA_AXIS) -> tuple[RLState, dict]:
+  """One optimizer step on this shard's rows, inside `shard_map(..., check_vma=False)` over `axis_name`.
+
+  Grads and metrics are `lax.psum`-ed over the axis (see the module docstring), so every
+  shard applies the same update and returns the global metrics.
+  """
+  def loss_fn(params):
+    return rl_loss(params, state.ref_params, batch, policy_fn, cfg, axis_name=axis_name)
+
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.psum(grads, axis_name)
+  metrics = lax.psum(metrics, axis_name)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 def make_update_step(policy_fn: PolicyFn, optimizer: optax.GradientTransformation,
                      cfg: LossConfig, mesh: Mesh):
   """Jitted data-parallel step(state, batch) -> (state, metrics); `state` is donated.
@@ -176,16 +201,7 @@ def make_update_step(policy_fn: PolicyFn, optimizer: optax.GradientTransformatio
   num_shards = mesh.shape[DATA_AXIS]
 
   def shard_step(state: RLState, batch: dict):
-    def loss_fn(params):
-      return rl_loss(params, state.ref_params, batch, policy_fn, cfg, axis_name=DATA_AXIS)
-
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.psum(grads, DATA_AXIS)
-    metrics = lax.psum(metrics, DATA_AXIS)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics['grad_norm'] = optax.tree.norm(grads)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return local_update(state, batch, policy_fn, optimizer, cfg)
 
   sharded_step = jax.shard_map(shard_step, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                                out_specs=(P(), P()), check_vma=False)
