@@ -61,3 +61,11 @@ def test_loss_decreases_and_beats_popularity(small_data, tmp_path):
                                small_data.item_codes, 20)
   hit_pop = np.mean((pop[:, :10] == small_data.target_codes('test')[:, None]).all(-1).any(-1))
   assert ours['HR@10'] > hit_pop + 0.1
+
+
+def test_validation_rows_span_the_split():
+  rows = sft.validation_rows(4532, 1000)
+  assert len(rows) == 1000 and rows[0] == 0 and rows[-1] == 4531
+  assert (np.diff(rows) > 0).all()
+  np.testing.assert_array_equal(sft.validation_rows(50, 0), np.arange(50))
+  np.testing.assert_array_equal(sft.validation_rows(50, 80), np.arange(50))

@@ -473,8 +473,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
                  int(state.data_epoch), int(state.data_index))
   if jax.process_index() == 0:
     log.truncate_after(STAGE, int(state.step))
-  valid_rows = np.arange(min(r.valid_max_rows or len(dataset.splits[r.valid_split]),
-                             len(dataset.splits[r.valid_split])))
+  valid_rows = sft.validation_rows(len(dataset.splits[r.valid_split]), r.valid_max_rows)
 
   def validate(step, params):
     _, valid = sft.beam_eval(jax.device_get(params), cfg, host_trie, dataset, r.valid_split,

@@ -93,6 +93,17 @@ def training_rows(dataset: types.Dataset, splits) -> tuple[np.ndarray, np.ndarra
   return history, target
 
 
+def validation_rows(num_rows: int, max_rows: int) -> np.ndarray:
+  """Evenly spaced row indices (all rows if max_rows is 0 or large).
+
+  Split files are sorted by target time, so the first rows would be the ones
+  closest to the training period and overstate validation quality.
+  """
+  if not max_rows or max_rows >= num_rows:
+    return np.arange(num_rows)
+  return np.unique(np.linspace(0, num_rows - 1, max_rows).round().astype(np.int64))
+
+
 def beam_eval(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, dataset: types.Dataset,
               split: str, rows: np.ndarray, num_beams: int, batch_size: int):
   """Constrained beam search on `rows` of `split` -> (pred codes [N, W, L], metrics)."""
@@ -147,8 +158,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
                  int(state.data_epoch), int(state.data_index))
   log.truncate_after(STAGE, int(state.step))
   valid_split = s.valid_split
-  valid_rows = np.arange(min(s.valid_max_rows or len(dataset.splits[valid_split]),
-                             len(dataset.splits[valid_split])))
+  valid_rows = validation_rows(len(dataset.splits[valid_split]), s.valid_max_rows)
   train_step = make_train_step(cfg, optimizer, s.label_smoothing)
   progress = metrics_log.Progress('sft', total_steps, start=int(state.step))
   logging.info('sft: %d rows, batch %d, %d steps/epoch, %d epochs, %d params', num_rows, batch_size,
