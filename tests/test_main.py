@@ -27,6 +27,14 @@ def test_validate_rejects_impossible_values_naming_the_flag():
   with pytest.raises(ValueError, match=r'--config.eval.num_beams'):
     default_config.validate(c)
   c = default_config.base_config()
+  c.rl.ved_multiplier = 0.5
+  with pytest.raises(ValueError, match=r'--config.rl.ved_multiplier: .*base budget'):
+    default_config.validate(c)
+  c = default_config.base_config()
+  c.sft.valid_beams = 5
+  with pytest.raises(ValueError, match=r'--config.sft.valid_beams'):
+    default_config.validate(c)
+  c = default_config.base_config()
   c.mode = 'train'
   with pytest.raises(ValueError, match=r'--config.mode'):
     default_config.validate(c)

@@ -132,6 +132,11 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
       bad(flag, f'must be >= 1, got {r[flag]}')
   if r.valid_beams < 10:
     bad('valid_beams', f'must be >= 10 (validation selects by NDCG@10), got {r.valid_beams}')
+  if r.ved_multiplier < 1:
+    bad('ved_multiplier', f'must be >= 1: the budget m*(1+(L-1)*w) may not be below the stage-1 '
+        f'base budget, got {r.ved_multiplier}')
+  if r.ved_width < 1:
+    bad('ved_width', f'must be >= 1, got {r.ved_width}')
   if r.value_pretrain_steps < 0:
     bad('value_pretrain_steps', f'must be >= 0, got {r.value_pretrain_steps}')
 
