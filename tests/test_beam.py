@@ -1,6 +1,5 @@
 """Constrained beam search: exact top-k by brute force, validity, distinctness, one compilation."""
 
-import functools
 
 import chex
 import jax
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from vstar_jax.decode import beam
+import decoder_fixture
 from vstar_jax.model import decoder
 from vstar_jax.sid import trie as trie_lib
 
@@ -20,16 +20,7 @@ BEAMS = 12
 forward_train = jax.jit(decoder.forward_train, static_argnums=1)
 
 
-def random_params(cfg, seed=0):
-  """O(1) random weights (norm scales near 1): well separated scores; nothing to compile."""
-  shapes = jax.eval_shape(functools.partial(decoder.init_params, cfg), jax.random.PRNGKey(0))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    base = 1.0 if path[-1].key == 'scale' else 0.0
-    return jnp.asarray(base + 0.3 * rng.standard_normal(shape.shape), shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
+random_params = decoder_fixture.random_params
 
 
 def catalogue(num_items, num_first, num_second, seed):

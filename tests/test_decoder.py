@@ -1,6 +1,5 @@
 """Decoder: cached decoding equals full recomputation; padding and shape contracts."""
 
-import functools
 
 import chex
 import jax
@@ -8,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import decoder_fixture
 from vstar_jax.model import decoder
 
 CONFIGS = {
@@ -28,16 +28,7 @@ prefix_forward = jax.jit(decoder.prefix_forward, static_argnums=1)
 reorder_suffix_cache = jax.jit(decoder.reorder_suffix_cache)
 
 
-def random_params(cfg, seed=0):
-  """O(1) random weights (norm scales near 1): outputs far from uniform; nothing to compile."""
-  shapes = jax.eval_shape(functools.partial(decoder.init_params, cfg), jax.random.PRNGKey(0))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    base = 1.0 if path[-1].key == 'scale' else 0.0
-    return jnp.asarray(base + 0.3 * rng.standard_normal(shape.shape), shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
+random_params = decoder_fixture.random_params
 
 
 def random_histories(cfg, batch, seed, num_items=None):
