@@ -65,6 +65,22 @@ def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):
   # eval now re-scores the RL checkpoint.
   _main(tmp_path, *args, '--config.mode=eval')
   assert _metrics(tmp_path, 'rl')['HR@10'] == rl['HR@10']
+  # A second RL run (another workdir, as a sweep does) starts from this run's SFT model: no SFT
+  # of its own, and the same seed gives the same RL result.
+  other = tmp_path / 'rl_only'
+  _main(other, *args, '--config.mode=rl', f'--config.rl.init_workdir={tmp_path}')
+  assert not (other / 'checkpoints' / 'sft').exists()
+  assert _metrics(other, 'rl')['HR@10'] == rl['HR@10']
+
+
+def test_rl_init_workdir_without_sft_checkpoint_is_a_clear_error(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'vstar_jax.main', f'--workdir={tmp_path / "w"}',
+                         '--config=configs/synthetic.py', '--config.mode=rl',
+                         f'--config.rl.init_workdir={tmp_path / "empty"}'],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode != 0
+  assert 'rl.init_workdir' in proc.stderr and 'no SFT checkpoint' in proc.stderr
+  assert not (tmp_path / 'w' / 'checkpoints').exists()
 
 
 def test_learned_sids_on_synthetic(tmp_path):

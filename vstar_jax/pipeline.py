@@ -60,8 +60,11 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ty
   dataset = loading.load(config)
   if config.sid.source == 'learned':
     index = workdir / 'sid' / 'index.json'
+    if not index.exists() and config.rl.init_workdir:  # RL from another run: its SIDs too
+      index = pathlib.Path(config.rl.init_workdir) / 'sid' / 'index.json'
     if not index.exists():
       run_sid(config, workdir, dataset)
+      index = workdir / 'sid' / 'index.json'
     codes = amazon.load_index(index, config.sid.codebook_size)
     if codes.shape[0] != dataset.num_items:
       raise amazon.DataError(f'{index} has {codes.shape[0]} items, the dataset has {dataset.num_items}')
@@ -239,7 +242,15 @@ def run_recommend(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
 def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
   """V-STAR RL from the SFT checkpoint (training SFT first if there is none) -> W/eval/rl_<split>/."""
   dataset = dataset or load_dataset(config, workdir)
-  restored = restore_params(config, workdir, dataset, sft.STAGE)
+  if config.rl.init_workdir:
+    init = pathlib.Path(config.rl.init_workdir)
+    restored = restore_params(config, init, dataset, sft.STAGE)
+    if restored is None:
+      raise FileNotFoundError(f'--config.rl.init_workdir={init}: no SFT checkpoint under '
+                              f'{init}/checkpoints/{sft.STAGE}; run --config.mode=sft there first')
+    logging.info('rl: starting from the SFT checkpoint of %s', init)
+  else:
+    restored = restore_params(config, workdir, dataset, sft.STAGE)
   if restored is None:
     logging.info('rl: no SFT checkpoint in %s; running sft first', workdir)
     run_sft(config, workdir, dataset)

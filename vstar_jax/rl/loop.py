@@ -71,6 +71,9 @@ def default_rl_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.distributed = False        # jax.distributed.initialize() first (multi-host launches)
   c.train_splits = ('train',)  # users the rollouts are drawn from (as sft.train_splits)
+  # Workdir whose SFT checkpoint (and learned SIDs) RL starts from; '' = this run's workdir.
+  # Lets a sweep share one SFT model across every RL seed and knob instead of retraining it.
+  c.init_workdir = ''
   c.valid_split = 'valid'
   # Rollout.
   c.rollout = 'ved'            # 'ved' (V-STAR) | 'beam' (G beams: MiniOneRec's rollouts)
