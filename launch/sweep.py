@@ -29,6 +29,8 @@ from absl import app, flags, logging
 
 KS = (3, 5, 10)
 METRICS = tuple(f'{m}@{k}' for k in KS for m in ('HR', 'NDCG'))
+# Summarized too when every run of a row has them (diversity and RL cost, for ablation tables).
+OPTIONAL = ('distinct_L1@10', 'coverage@10', 'rl_wall_s')
 _KNOB = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
 _UNSAFE_IN_PATH = re.compile(r'[^\w.=+,-]')
 _OPEN, _CLOSE = '([{', ')]}'
@@ -186,11 +188,21 @@ def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str
           raise ValueError(f'{path}: no {absent} (design §8 metrics.json contract)')
       if not found:
         continue
-      stats = {m: _mean_std([found[s][m] for s in sorted(found)]) for m in METRICS}
+      present = [m for m in OPTIONAL if all(m in found[s] for s in found)]
+      stats = {m: _mean_std([found[s][m] for s in sorted(found)]) for m in (*METRICS, *present)}
       rows.append({'stage': stage, 'config': label, 'seeds': sorted(found),
                    'mean': {m: mean for m, (mean, _) in stats.items()},
                    'std': {m: std for m, (_, std) in stats.items()}})
-  return {'metrics': list(METRICS), 'rows': rows, 'missing': missing}
+  shown = [m for m in OPTIONAL if any(m in row['mean'] for row in rows)]
+  return {'metrics': [*METRICS, *shown], 'rows': rows, 'missing': missing}
+
+
+def _cell(row: dict, metric: str) -> str:
+  """'mean ± std' (4 decimals for rates, 1 for counts and seconds), '–' where a row lacks it."""
+  if metric not in row['mean']:
+    return '–'
+  digits = 4 if metric in METRICS else 1
+  return f"{row['mean'][metric]:.{digits}f} ± {row['std'][metric]:.{digits}f}"
 
 
 def to_markdown(summary: dict) -> str:
@@ -198,7 +210,7 @@ def to_markdown(summary: dict) -> str:
   head = ['stage', 'config', 'seeds', *summary['metrics']]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for row in summary['rows']:
-    cells = [f"{row['mean'][m]:.4f} ± {row['std'][m]:.4f}" for m in summary['metrics']]
+    cells = [_cell(row, m) for m in summary['metrics']]
     lines.append('| ' + ' | '.join([row['stage'], row['config'], str(len(row['seeds'])), *cells])
                  + ' |')
   return '\n'.join(lines) + '\n'

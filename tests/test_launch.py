@@ -367,6 +367,22 @@ def test_summarize_mean_and_std_over_seeds(tmp_path):
   assert table[3].startswith('| rl | rl.rollout=beam | 2 | 0.1000 ± 0.0707 |')
 
 
+def test_summarize_adds_diversity_and_wall_time_columns_when_runs_have_them(tmp_path):
+  runs = sweep.expand([0, 1], sweep.parse_grid('rl.rollout=ved,beam'))
+  for run in runs:
+    path = tmp_path / run.name / 'eval' / 'rl_test' / 'metrics.json'
+    path.parent.mkdir(parents=True)
+    extra = {'distinct_L1@10': 3.0 + run.seed, 'rl_wall_s': 600.0} if run.knobs[0][1] == 'ved' else {}
+    path.write_text(json.dumps({**{m: 0.1 for m in sweep.METRICS}, **extra}))
+  summary = sweep.summarize(tmp_path, runs, ['rl'])
+  assert summary['metrics'] == [*sweep.METRICS, 'distinct_L1@10', 'rl_wall_s']
+  ved, beam = summary['rows']
+  assert ved['mean']['distinct_L1@10'] == pytest.approx(3.5) and 'rl_wall_s' not in beam['mean']
+  table = sweep.to_markdown(summary).splitlines()
+  assert table[0].endswith('| distinct_L1@10 | rl_wall_s |')
+  assert table[2].endswith('| 3.5 ± 0.7 | 600.0 ± 0.0 |') and table[3].endswith('| – | – |')
+
+
 def test_summarize_rejects_metrics_without_the_contract_keys(tmp_path):
   run = sweep.Run(0, ())
   path = tmp_path / run.name / 'eval' / 'rl_test' / 'metrics.json'
