@@ -30,7 +30,8 @@ def _metrics(workdir, stage):
 
 def test_sft_eval_recommend_on_synthetic(tmp_path):
   args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
-          '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8', *TINY]
+          '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8', *TINY,
+          '--config.sft.ema_decay=0.99']  # eval must restore the kept EMA weights
   _main(tmp_path, *args, '--config.mode=sft', '--config.sft.epochs=4')
   sft = _metrics(tmp_path, 'sft')
   assert sft['n'] == 150 and sft['invalid'] == 0 and len(

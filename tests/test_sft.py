@@ -48,6 +48,27 @@ def test_resume_after_interruption_is_bit_identical(small_data, tmp_path):
   assert steps == sorted(set(steps))
 
 
+def test_ema_warm_up_and_decay():
+  ema, params = {'w': np.zeros(3)}, {'w': np.ones(3)}
+  # Step 1: rate min(0.999, 2/11): the average moves 9/11 of the way at once.
+  np.testing.assert_allclose(sft.update_ema(ema, params, 1, 0.999)['w'], 9 / 11, rtol=1e-6)
+  # Late in training the configured decay rules.
+  np.testing.assert_allclose(sft.update_ema(ema, params, 10 ** 6, 0.9)['w'], 0.1, rtol=1e-6)
+
+
+def test_ema_run_resumes_bit_identically_and_exports_the_average(small_data, tmp_path):
+  config = tiny_config(epochs=1)
+  config.sft.ema_decay = 0.9
+  full = sft.train(config, small_data, tmp_path / 'full')
+  sft.train(config, small_data, tmp_path / 'cut', stop_at_step=3)
+  resumed = sft.train(config, small_data, tmp_path / 'cut')
+  jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
+  raw = sft.train(tiny_config(epochs=1), small_data, tmp_path / 'raw')
+  # Same seed and data: the EMA run's raw weights follow the plain run's; the export is the average.
+  diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), full.params, raw.params))
+  assert max(diff) > 1e-4
+
+
 def test_loss_decreases_and_beats_popularity(small_data, tmp_path):
   from vstar_jax import baselines
   config = tiny_config(epochs=6)

@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.b1 = 0.9
   c.sft.b2 = 0.98
   c.sft.label_smoothing = 0.0
+  c.sft.ema_decay = 0.0             # > 0: validate, keep and export an EMA of the weights
   c.sft.log_every_steps = 20
   c.sft.checkpoint_every_steps = 500
   c.sft.valid_split = 'valid'
@@ -98,6 +99,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad('model.d_model', f'{c.model.d_model} is not divisible by model.num_heads={c.model.num_heads}')
   if c.sft.epochs < 1 or c.sft.batch_size < 1:
     bad('sft.epochs' if c.sft.epochs < 1 else 'sft.batch_size', 'must be >= 1')
+  if not 0 <= c.sft.ema_decay < 1:
+    bad('sft.ema_decay', f'must be in [0, 1) (0: off), got {c.sft.ema_decay}')
   if c.sft.valid_beams < 10:
     bad('sft.valid_beams', f'must be >= 10 (validation selects by NDCG@10), got {c.sft.valid_beams}')
   for split in c.sft.train_splits:

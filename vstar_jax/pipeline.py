@@ -171,15 +171,21 @@ def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage:
   if not directory.exists():
     return None
   cfg = sft.decoder_config(config, dataset)
-  params = decoder.init_params(cfg, jax.random.key(0))
   if stage == loop.STAGE:
-    params = loop.restore_best_params(workdir, params)
+    params = loop.restore_best_params(workdir, decoder.init_params(cfg, jax.random.key(0)))
     return None if params is None else (params, cfg)
-  template = state_lib.TrainState.create(params, state_lib.make_optimizer(1e-3, 0, 2), jax.random.key(0))
+  template = sft.initial_state(cfg, state_lib.make_optimizer(1e-3, 0, 2), jax.random.key(0),
+                               jax.random.key(0), config.sft.ema_decay)
   ckpt = checkpoint_lib.Checkpointer(directory, best_metric=sft.BEST_METRIC)
-  restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
-  ckpt.close()
-  return None if restored is None else (restored[0].params, cfg)
+  try:
+    restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
+  except RuntimeError as e:
+    raise ValueError(f'{directory}: the SFT checkpoints do not match this config (model size, SIDs '
+                     f'or --config.sft.ema_decay={config.sft.ema_decay} differ from the run that '
+                     f'wrote them): {e}') from e
+  finally:
+    ckpt.close()
+  return None if restored is None else (sft.eval_params(restored[0]), cfg)
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:

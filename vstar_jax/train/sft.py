@@ -67,8 +67,30 @@ def sft_loss(params, cfg: decoder.DecoderConfig, history, target, rng, label_smo
   return loss, out
 
 
-def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: float):
-  """Jitted (state, history [B,T,L], target [B,L]) -> (state, metrics); the state is donated."""
+EMA_KEY = 'ema_params'
+
+
+def update_ema(ema, params, step, decay: float):
+  """EMA of the weights with the TF-style warm-up: decay_t = min(decay, (1 + t) / (10 + t)).
+
+  The warm-up keeps the average from being dominated by the random init early on.
+  `step` is the number of updates already applied to `params` (>= 1).
+  """
+  rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
+
+
+def eval_params(state: state_lib.TrainState):
+  """The weights that are validated, kept and exported: the EMA if one is kept, else the raw ones."""
+  return state.extra.get(EMA_KEY, state.params)
+
+
+def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: float,
+                    ema_decay: float = 0.0):
+  """Jitted (state, history [B,T,L], target [B,L]) -> (state, metrics); the state is donated.
+
+  With ema_decay > 0 the state's extra[EMA_KEY] holds an EMA of the weights, updated each step.
+  """
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state: state_lib.TrainState, history, target):
@@ -76,7 +98,11 @@ def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: floa
     grads, metrics = jax.grad(sft_loss, has_aux=True)(state.params, cfg, history, target, key,
                                                       label_smoothing)
     metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
-    return state_lib.apply_gradients(state, grads, optimizer), metrics
+    state = state_lib.apply_gradients(state, grads, optimizer)
+    if ema_decay > 0:
+      ema = update_ema(state.extra[EMA_KEY], state.params, state.step, ema_decay)
+      state = state.replace(extra={**state.extra, EMA_KEY: ema})
+    return state, metrics
 
   return train_step
 
@@ -117,6 +143,18 @@ def beam_eval(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, dataset: 
   return codes, out
 
 
+def initial_state(cfg: decoder.DecoderConfig, optimizer, init_key: jax.Array, state_key: jax.Array,
+                  ema_decay: float) -> state_lib.TrainState:
+  """Step-0 state; with ema_decay > 0 it also carries the weight EMA (initialised to the weights).
+
+  Also the restore template for SFT checkpoints (its structure must match what was saved).
+  """
+  params = decoder.init_params(cfg, init_key)
+  # A copy, not an alias: the train step donates the state, and one buffer cannot be donated twice.
+  extra = {EMA_KEY: jax.tree.map(jnp.copy, params)} if ema_decay > 0 else None
+  return state_lib.TrainState.create(params, optimizer, state_key, extra=extra)
+
+
 @dataclasses.dataclass
 class SftResult:
   params: dict
@@ -147,7 +185,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   optimizer = state_lib.make_optimizer(s.lr, min(s.warmup_steps, total_steps - 1), total_steps,
                                        s.weight_decay, s.clip_norm, s.b1, s.b2)
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
-  state = state_lib.TrainState.create(decoder.init_params(cfg, init_key), optimizer, state_key)
+  state = initial_state(cfg, optimizer, init_key, state_key, s.ema_decay)
   ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / 'checkpoints' / STAGE,
                                      max_to_keep=2, keep_best=True, best_metric=BEST_METRIC)
   log = metrics_log.MetricsLog(workdir)
@@ -159,7 +197,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   log.truncate_after(STAGE, int(state.step))
   valid_split = s.valid_split
   valid_rows = validation_rows(len(dataset.splits[valid_split]), s.valid_max_rows)
-  train_step = make_train_step(cfg, optimizer, s.label_smoothing)
+  train_step = make_train_step(cfg, optimizer, s.label_smoothing, s.ema_decay)
   progress = metrics_log.Progress('sft', total_steps, start=int(state.step))
   logging.info('sft: %d rows, batch %d, %d steps/epoch, %d epochs, %d params', num_rows, batch_size,
                steps_per_epoch, s.epochs, sum(x.size for x in jax.tree.leaves(state.params)))
@@ -183,11 +221,11 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
       if stop_at_step is not None and step >= stop_at_step:
         ckpt.save(step, state)
         ckpt.close()
-        return SftResult(state.params, cfg, {}, step)
+        return SftResult(eval_params(state), cfg, {}, step)
       if s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
         ckpt.save(step, state)
     state = state.replace(data_epoch=jnp.int32(epoch + 1), data_index=jnp.int32(0))
-    _, valid = beam_eval(state.params, cfg, trie, dataset, valid_split, valid_rows, s.valid_beams,
+    _, valid = beam_eval(eval_params(state), cfg, trie, dataset, valid_split, valid_rows, s.valid_beams,
                          config.eval.batch_size)
     valid = {f'valid_{k}': v for k, v in valid.items()}
     log.write(STAGE, step, epoch=epoch + 1, **valid)
@@ -202,4 +240,4 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   best_valid = next((r for r in log.read(STAGE) if r['step'] == best_step and BEST_METRIC in r), {})
   logging.info('sft: done; using step %d (valid NDCG@10 %s)', best_step, best_valid.get(BEST_METRIC))
   del meta
-  return SftResult(final_state.params, cfg, best_valid, step)
+  return SftResult(eval_params(final_state), cfg, best_valid, step)
