@@ -56,15 +56,16 @@ def test_ema_warm_up_and_decay():
   np.testing.assert_allclose(sft.update_ema(ema, params, 10 ** 6, 0.9)['w'], 0.1, rtol=1e-6)
 
 
-def test_ema_run_resumes_bit_identically_and_exports_the_average(small_data, tmp_path):
+def test_ema_and_history_dropout_run_resumes_bit_identically(small_data, tmp_path):
   config = tiny_config(epochs=1)
   config.sft.ema_decay = 0.9
+  config.sft.history_dropout = 0.2
   full = sft.train(config, small_data, tmp_path / 'full')
   sft.train(config, small_data, tmp_path / 'cut', stop_at_step=3)
   resumed = sft.train(config, small_data, tmp_path / 'cut')
   jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
   raw = sft.train(tiny_config(epochs=1), small_data, tmp_path / 'raw')
-  # Same seed and data: the EMA run's raw weights follow the plain run's; the export is the average.
+  # Same seed and data, but the export is the EMA (and the inputs were masked): not the plain run's.
   diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), full.params, raw.params))
   assert max(diff) > 1e-4
 
@@ -90,3 +91,16 @@ def test_validation_rows_span_the_split():
   assert (np.diff(rows) > 0).all()
   np.testing.assert_array_equal(sft.validation_rows(50, 0), np.arange(50))
   np.testing.assert_array_equal(sft.validation_rows(50, 80), np.arange(50))
+
+
+def test_drop_history_items_masks_whole_items_but_never_the_last():
+  history = np.random.default_rng(0).integers(0, 8, (2000, 10, 3)).astype(np.int32)
+  history[:5, :4] = -1  # left padding stays padding
+  dropped = np.asarray(sft.drop_history_items(history, 0.3, jax.random.key(1)))
+  masked = (dropped == -1).all(-1)
+  assert ((dropped == -1).any(-1) == masked).all()           # an item goes whole or not at all
+  assert not masked[:, -1].any()                              # the most recent item is kept
+  np.testing.assert_array_equal(dropped[~masked], history[~masked])
+  assert masked[:5, :4].all()
+  assert abs(masked[5:, :-1].mean() - 0.3) < 0.01
+  np.testing.assert_array_equal(sft.drop_history_items(history, 0.0, jax.random.key(1)), history)

@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.b2 = 0.98
   c.sft.label_smoothing = 0.0
   c.sft.ema_decay = 0.0             # > 0: validate, keep and export an EMA of the weights
+  c.sft.history_dropout = 0.0       # P(mask a history item, never the last) per train example
   c.sft.log_every_steps = 20
   c.sft.checkpoint_every_steps = 500
   c.sft.valid_split = 'valid'
@@ -101,6 +102,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad('sft.epochs' if c.sft.epochs < 1 else 'sft.batch_size', 'must be >= 1')
   if not 0 <= c.sft.ema_decay < 1:
     bad('sft.ema_decay', f'must be in [0, 1) (0: off), got {c.sft.ema_decay}')
+  if not 0 <= c.sft.history_dropout < 1:
+    bad('sft.history_dropout', f'must be in [0, 1), got {c.sft.history_dropout}')
   if c.sft.valid_beams < 10:
     bad('sft.valid_beams', f'must be >= 10 (validation selects by NDCG@10), got {c.sft.valid_beams}')
   for split in c.sft.train_splits:

@@ -85,16 +85,37 @@ def eval_params(state: state_lib.TrainState):
   return state.extra.get(EMA_KEY, state.params)
 
 
+def drop_history_items(history, rate: float, key: jax.Array):
+  """Masks each history item but the most recent one to padding with probability `rate`.
+
+  An augmentation against memorising whole histories on small train splits: the
+  model must predict from partial histories. Masked items become PAD keys that
+  attention ignores; the other items keep their recency positions.
+
+  Args:
+    history: [B, T, L] int32 codes, -1 at padding; most recent item at T-1.
+  """
+  if rate <= 0:
+    return history
+  drop = jax.random.bernoulli(key, rate, history.shape[:2])
+  drop = drop.at[:, -1].set(False)
+  return jnp.where(drop[..., None], types.PAD, history)
+
+
 def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: float,
-                    ema_decay: float = 0.0):
+                    ema_decay: float = 0.0, history_dropout: float = 0.0):
   """Jitted (state, history [B,T,L], target [B,L]) -> (state, metrics); the state is donated.
 
-  With ema_decay > 0 the state's extra[EMA_KEY] holds an EMA of the weights, updated each step.
+  With ema_decay > 0 the state's extra[EMA_KEY] holds an EMA of the weights, updated each step;
+  history_dropout masks history items (drop_history_items).
   """
 
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state: state_lib.TrainState, history, target):
     state, key = state_lib.split_rng(state)
+    if history_dropout > 0:
+      key, drop_key = jax.random.split(key)
+      history = drop_history_items(history, history_dropout, drop_key)
     grads, metrics = jax.grad(sft_loss, has_aux=True)(state.params, cfg, history, target, key,
                                                       label_smoothing)
     metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
@@ -197,7 +218,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   log.truncate_after(STAGE, int(state.step))
   valid_split = s.valid_split
   valid_rows = validation_rows(len(dataset.splits[valid_split]), s.valid_max_rows)
-  train_step = make_train_step(cfg, optimizer, s.label_smoothing, s.ema_decay)
+  train_step = make_train_step(cfg, optimizer, s.label_smoothing, s.ema_decay, s.history_dropout)
   progress = metrics_log.Progress('sft', total_steps, start=int(state.step))
   logging.info('sft: %d rows, batch %d, %d steps/epoch, %d epochs, %d params', num_rows, batch_size,
                steps_per_epoch, s.epochs, sum(x.size for x in jax.tree.leaves(state.params)))
