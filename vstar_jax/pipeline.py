@@ -112,10 +112,9 @@ def run_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
     embeddings, source = learn.load_item_embeddings(
         data_dir, amazon.DATASETS[dataset.name], embedding_path=config.sid.embedding_path or None,
         text_dim=config.sid.text_dim, seed=config.sid.seed)
-  _, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source)
   shipped = learn.code_stats(dataset.item_codes, dataset.num_codes, embeddings)
-  stats['shipped'] = shipped
-  export.write_json_atomic(workdir / 'sid' / 'stats.json', stats)
+  _, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source,
+                              extra_stats={'shipped': shipped})
   logging.info('SIDs: level-1 utilization shipped %.3f -> ours %.3f; collisions shipped %d -> ours %d',
                shipped['utilization'][0], stats['after']['utilization'][0],
                shipped['collision_groups'], stats['collisions_after'])

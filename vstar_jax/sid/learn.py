@@ -9,7 +9,6 @@ shipped SIDs and ours are measured by the same function.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
@@ -21,6 +20,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vstar_jax.eval import export
 from vstar_jax.sid import codebook
 from vstar_jax.sid import disambiguate
 from vstar_jax.sid import sid_strings
@@ -179,7 +179,8 @@ def index_json(codes: np.ndarray) -> dict[str, list[str]]:
 
 def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
                workdir: str | os.PathLike | None = None,
-               embedding_source: str = 'array') -> tuple[np.ndarray, dict]:
+               embedding_source: str = 'array',
+               extra_stats: dict | None = None) -> tuple[np.ndarray, dict]:
   """Learns a codebook on item embeddings [I, D] and returns collision-free SIDs.
 
   Args:
@@ -187,6 +188,7 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
     cfg: `config.sid` (see `default_sid_config`).
     workdir: when given, index.json, stats.json and params/ go to `<workdir>/sid/`.
     embedding_source: where the embeddings came from, recorded in stats.json.
+    extra_stats: more entries for stats.json (e.g. the shipped SIDs' stats, for comparison).
 
   Returns:
     item_codes [I, L'] int32 with distinct rows (L' = L, or L + 1 for 'extra_level'), and
@@ -231,6 +233,7 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
       'train': {k: v[-1] for k, v in history.items() if v},
       'learn_time_s': learn_time, 'config': cfg.to_dict(),
   }
+  stats.update(extra_stats or {})
   stats['wall_time_s'] = time.time() - start
   logging.info('SIDs: %d items, level-1 utilization %.3f perplexity %.1f, collisions %d -> %d, '
                'recon %.4f, %.1fs', emb.shape[0], after['utilization'][0], after['perplexity'][0],
@@ -244,8 +247,8 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
 def write_outputs(sid_dir: pathlib.Path, codes: np.ndarray, stats: dict, params) -> None:
   """index.json, stats.json and the orbax params checkpoint under sid_dir."""
   sid_dir.mkdir(parents=True, exist_ok=True)
-  (sid_dir / 'index.json').write_text(json.dumps(index_json(codes)))
-  (sid_dir / 'stats.json').write_text(json.dumps(stats, indent=1))
+  export.write_json_atomic(sid_dir / 'index.json', index_json(codes))
+  export.write_json_atomic(sid_dir / 'stats.json', stats)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save((sid_dir / 'params').resolve(), params, force=True)
   checkpointer.wait_until_finished()
