@@ -8,4 +8,10 @@ def get_config(arg: str = 'industrial'):
   if arg not in ('industrial', 'office'):
     raise ValueError(f'configs/amazon.py takes industrial or office, got {arg!r}')
   c.dataset = arg
+  # Regularisers for the small rebuilt (~29%) train splits, chosen on Industrial valid NDCG@10
+  # (README, SFT tuning table): none 0.0877; weight EMA 0.995 + history dropout 0.2: 0.0928;
+  # history dropout 0.4 + model dropout 0.2 on top: 0.0942 (these defaults).
+  c.sft.ema_decay = 0.995
+  c.sft.history_dropout = 0.4
+  c.model.dropout = 0.2
   return c
