@@ -59,6 +59,9 @@ def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):
   _main(tmp_path, *args, '--config.mode=rl')
   rl = _metrics(tmp_path, 'rl')
   assert rl['n'] == 150 and rl['invalid'] == 0 and rl['rl_steps'] == 4 and rl['rollout'] == 'ved'
+  # The last step is scored too whenever the kept (best-by-valid) policy is an earlier one.
+  final = tmp_path / 'eval' / 'rl_final_test' / 'metrics.json'
+  assert final.exists() == (rl['best_step'] != 4)
   assert (tmp_path / 'eval' / 'sft_test' / 'metrics.json').exists()
   records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   steps = [r['step'] for r in records if r['stage'] == 'rl' and 'loss' in r]

@@ -244,6 +244,9 @@ def run_recommend(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
   return out
 
 
+FINAL_RL_STAGE = 'rl_final'  # W/eval/rl_final_<split>/: the last RL step, when it is not the kept one
+
+
 def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
   """V-STAR RL from the SFT checkpoint (training SFT first if there is none) -> W/eval/rl_<split>/."""
   dataset = dataset or load_dataset(config, workdir)
@@ -268,7 +271,12 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
   r = config.rl
   extra = {'rl_wall_s': train_wall, 'rl_steps': result.steps, 'seed': config.seed,
            'rollout': r.rollout, 'w_sib': r.w_sib, 'reward': r.reward, 'group_size': r.group_size,
-           'ved_multiplier': r.ved_multiplier, 'best_valid_NDCG@10': result.best_valid.get(loop.BEST_METRIC)}
+           'ved_multiplier': r.ved_multiplier, 'best_valid_NDCG@10': result.best_valid.get(loop.BEST_METRIC),
+           'best_step': result.best_step}
+  if result.final_params is not None and result.best_step != result.steps:
+    # The kept policy is an earlier step (step 0 = the SFT policy when RL never beat it on
+    # valid): also score what RL ended with, so ablations compare what each variant learned.
+    evaluate_params(config, workdir, dataset, result.final_params, cfg, FINAL_RL_STAGE, extra)
   return evaluate_params(config, workdir, dataset, result.params, cfg, 'rl', extra)
 
 

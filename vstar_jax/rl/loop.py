@@ -422,9 +422,12 @@ def batch_rows(num_rows: int, batch_users: int, seed: int, epoch: int, index: in
 
 @dataclasses.dataclass
 class RlResult:
+  """params: the kept (best-by-valid) policy; final_params: the policy after the last step."""
   params: dict
   best_valid: dict
   steps: int
+  best_step: int = -1
+  final_params: Optional[dict] = None
 
 
 def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pathlib.Path,
@@ -537,7 +540,8 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   ckpt.close()
   best_valid = next((x for x in log.read(STAGE) if x['step'] == best_step and BEST_METRIC in x), {})
   logging.info('rl: done; using step %d (valid NDCG@10 %s)', best_step, best_valid.get(BEST_METRIC))
-  return RlResult(jax.device_get(params), best_valid, step)
+  return RlResult(jax.device_get(params), best_valid, step, best_step,
+                  jax.device_get(state.params))
 
 
 def _pretrain_value_head(state, programs: Programs, users: UserRows, r, seed: int,
