@@ -16,6 +16,11 @@ CONFIGS = {
     'untied_L4': decoder.DecoderConfig(num_levels=4, num_codes=6, max_history=4, num_layers=3,
                                        d_model=24, num_heads=2, d_ff=48, dropout=0.1,
                                        tie_embeddings=False, item_hash_buckets=64),
+    # Frozen item-feature input: half of the 64 possible SIDs have a feature row.
+    'features_L3': decoder.DecoderConfig(num_levels=3, num_codes=4, max_history=5, num_layers=2,
+                                         d_model=16, num_heads=2, d_ff=32, dropout=0.1,
+                                         item_feature_keys=tuple(range(0, 64, 2)),
+                                         item_feature_dim=5),
 }
 BATCH, WIDTH = 2, 4  # one shape for every test keeps the number of compilations small
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -220,3 +225,51 @@ def test_item_hashes_identify_items():
   assert (buckets[:, 0, 0] == buckets[:, 0, 3]).all()         # same SID, same buckets
   assert (buckets[:, 0, 0] != buckets[:, 0, 1]).any()         # another SID differs somewhere
   assert ((buckets >= 0) & (buckets <= cfg.item_hash_buckets)).all()
+
+
+def test_sid_keys_numpy_equals_jax_and_orders_lexicographically():
+  codes = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0], [3, 3, 3], [-1, -1, -1]], np.int32)
+  keys = decoder.sid_keys(codes, 4)
+  np.testing.assert_array_equal(keys, [1, 4, 16, 63, 0])
+  np.testing.assert_array_equal(np.asarray(decoder.sid_keys(jnp.asarray(codes), 4)), keys)
+  big = np.array([[255, 255, 255, 255]])   # K**L == 2**32 still fits uint32
+  assert int(decoder.sid_keys(big, 256)[0]) == 2 ** 32 - 1
+
+
+def test_item_feature_table_averages_items_sharing_a_sid():
+  item_codes = np.array([[1, 0, 2], [0, 3, 1], [1, 0, 2]])
+  features = np.array([[1., 0.], [0., 1.], [3., 2.]])
+  keys, table = decoder.item_feature_table(item_codes, 4, features)
+  assert keys == (13, 18)                       # sorted: [0,3,1] -> 13, [1,0,2] -> 18
+  np.testing.assert_allclose(table, [[0., 1.], [2., 1.]])
+  with pytest.raises(ValueError, match='do not match 3 items'):
+    decoder.item_feature_table(item_codes, 4, features[:2])
+
+
+def test_item_features_enter_only_through_listed_history_items():
+  """A feature row changes the output iff a history item has that SID; PAD / unlisted SIDs add 0."""
+  cfg = CONFIGS['features_L3']
+  params = random_params(cfg)
+  history = np.full((1, cfg.max_history, 3), -1, np.int32)
+  history[0, -2:] = [[0, 0, 2], [0, 0, 3]]      # keys 2 (listed, row 1) and 3 (not listed)
+  target = np.zeros((1, 3), np.int32)
+  base, _ = forward_train(params, cfg, history, target)
+  for row, changes in ((1, True), (0, False), (5, False)):
+    table = params['item_text'].at[row].add(1.0)
+    changed, _ = forward_train(dict(params, item_text=table), cfg, history, target)
+    assert (not np.allclose(base, changed, atol=1e-6)) == changes, row
+  # Frozen: no gradient reaches the table.
+  grad = jax.grad(lambda p: forward_train(p, cfg, history, target)[0].sum())(params)
+  assert float(jnp.abs(grad['item_text']).max()) == 0.0
+  assert float(jnp.abs(grad['item_text_proj']['kernel']).max()) > 0.0
+
+
+def test_init_params_fills_item_features_and_checks_shape():
+  cfg = CONFIGS['features_L3']
+  table = np.random.default_rng(0).standard_normal((32, 5)).astype(np.float32)
+  params = decoder.init_params(cfg, jax.random.key(0), table)
+  np.testing.assert_array_equal(params['item_text'], table)
+  with pytest.raises(ValueError, match='expected'):
+    decoder.init_params(cfg, jax.random.key(0), table[:5])
+  with pytest.raises(ValueError, match='set together'):
+    decoder.DecoderConfig(item_feature_keys=(1, 2))

@@ -70,6 +70,24 @@ def test_ema_and_history_dropout_run_resumes_bit_identically(small_data, tmp_pat
   assert max(diff) > 1e-4
 
 
+def test_item_text_features_stay_frozen_through_training_and_resume(small_data, tmp_path):
+  import dataclasses
+  features = synthetic.item_embeddings(small_data, dim=16)
+  data = dataclasses.replace(small_data, item_features=features)
+  config = tiny_config(epochs=1)
+  config.model.item_text_features = True
+  config.sft.ema_decay = 0.9
+  full = sft.train(config, data, tmp_path / 'full')
+  keys, table = sft.decoder.item_feature_table(data.item_codes, data.num_codes, features)
+  assert full.cfg.item_feature_keys == keys and full.cfg.item_feature_dim == 16
+  np.testing.assert_allclose(full.params['item_text'], table, atol=1e-6)  # frozen (EMA rounds)
+  sft.train(config, data, tmp_path / 'cut', stop_at_step=3)
+  resumed = sft.train(config, data, tmp_path / 'cut')
+  jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
+  with pytest.raises(ValueError, match='item_text_features'):
+    sft.train(config, small_data, tmp_path / 'none')
+
+
 def test_loss_decreases_and_beats_popularity(small_data, tmp_path):
   from vstar_jax import baselines
   config = tiny_config(epochs=6)

@@ -135,6 +135,16 @@ def test_weight_decay_skips_vectors():
                              rtol=1e-6)
 
 
+def test_frozen_feature_table_is_never_decayed_or_moved():
+  optimizer = state_lib.make_optimizer(1e-1, warmup_steps=0, total_steps=10, weight_decay=0.5)
+  params = dict(_params(), item_text=jnp.ones((3, 4)))
+  state = state_lib.TrainState.create(params, optimizer, jax.random.key(0))
+  for _ in range(3):
+    state = state_lib.apply_gradients(state, jax.tree.map(jnp.zeros_like, params), optimizer)
+  np.testing.assert_array_equal(state.params['item_text'], params['item_text'])
+  assert not np.allclose(state.params['dense']['w'], params['dense']['w'])
+
+
 @pytest.mark.parametrize('jit', [False, True])
 def test_is_finite(jit):
   check = jax.jit(state_lib.is_finite) if jit else state_lib.is_finite

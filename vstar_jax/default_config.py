@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = True
   c.model.dtype = 'float32'
   c.model.item_hash_buckets = 4096  # >0: hashed item-identity embeddings (see DecoderConfig)
+  c.model.item_text_features = False  # history items also get their (frozen) text embedding, projected
 
   c.sft = ml_collections.ConfigDict()
   c.sft.train_splits = ('train',)   # ('train', 'valid'): the labelled train+valid refit

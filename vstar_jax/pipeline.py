@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -69,6 +70,10 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ty
     if codes.shape[0] != dataset.num_items:
       raise amazon.DataError(f'{index} has {codes.shape[0]} items, the dataset has {dataset.num_items}')
     dataset = dataset.with_item_codes(codes, config.sid.codebook_size)
+  if config.model.item_text_features:
+    features, source = item_embeddings(config, dataset)
+    logging.info('decoder item-feature input: %s %s', source, features.shape)
+    dataset = dataclasses.replace(dataset, item_features=features)
   report_catalogue(dataset)
   validate_against_data(config, dataset)
   return dataset
@@ -102,16 +107,20 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
   return results
 
 
+def item_embeddings(config: ml_collections.ConfigDict, dataset: types.Dataset):
+  """The items' text embeddings [I, E] (the SID stage's input) and where they came from."""
+  if dataset.name == 'synthetic':
+    return synthetic.item_embeddings(dataset, seed=config.seed), 'synthetic'
+  data_dir = amazon.resolve_data_dir(config.data_dir or None)
+  return learn.load_item_embeddings(
+      data_dir, amazon.DATASETS[dataset.name], embedding_path=config.sid.embedding_path or None,
+      text_dim=config.sid.text_dim, seed=config.sid.seed)
+
+
 def run_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
   """Learns a collision-free codebook from item embeddings -> W/sid/."""
   dataset = dataset or loading.load(config)
-  if dataset.name == 'synthetic':
-    embeddings, source = synthetic.item_embeddings(dataset, seed=config.seed), 'synthetic'
-  else:
-    data_dir = amazon.resolve_data_dir(config.data_dir or None)
-    embeddings, source = learn.load_item_embeddings(
-        data_dir, amazon.DATASETS[dataset.name], embedding_path=config.sid.embedding_path or None,
-        text_dim=config.sid.text_dim, seed=config.sid.seed)
+  embeddings, source = item_embeddings(config, dataset)
   shipped = learn.code_stats(dataset.item_codes, dataset.num_codes, embeddings)
   _, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source,
                               extra_stats={'shipped': shipped})

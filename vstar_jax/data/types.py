@@ -52,6 +52,8 @@ class Dataset:
     splits: split name -> Split.
     target_sids: split name -> [N] str, the row's target SID string as written
       in the file (MiniOneRec scores predictions against exactly this string).
+    item_features: None, or [I, E] float32 per-item content features (the items'
+      text embeddings) for the decoder's optional feature input.
   """
   name: str
   item_codes: np.ndarray
@@ -59,6 +61,7 @@ class Dataset:
   item_titles: np.ndarray
   splits: dict
   target_sids: dict
+  item_features: np.ndarray | None = None
 
   @property
   def num_items(self) -> int:

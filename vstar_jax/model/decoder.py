@@ -27,6 +27,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vstar_jax.model import value_head
 
@@ -56,6 +57,11 @@ class DecoderConfig:
       embeddings indexed by two hashes of its item's whole SID, so the model
       can memorise item-to-item transitions without first composing the L
       codes (a hash embedding: collisions in both tables are rare).
+    item_feature_keys: sorted SID keys (sid_keys) of the rows of a frozen
+      item-feature table (params['item_text'], [N, item_feature_dim]), e.g.
+      the items' text embeddings; every history item found there gets a learned
+      projection of its features added to its tokens. Empty: no such input.
+    item_feature_dim: E, width of that table (0 when item_feature_keys is empty).
   """
   num_levels: int = 3
   num_codes: int = 256
@@ -68,10 +74,17 @@ class DecoderConfig:
   tie_embeddings: bool = True
   dtype: str = 'float32'
   item_hash_buckets: int = 0
+  item_feature_keys: tuple = dataclasses.field(default=(), repr=False)
+  item_feature_dim: int = 0
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
       raise ValueError(f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}')
+    if bool(self.item_feature_keys) != bool(self.item_feature_dim):
+      raise ValueError('item_feature_keys and item_feature_dim must be set together')
+    if self.item_feature_keys and self.num_codes ** self.num_levels > 2 ** 32:
+      raise ValueError(f'item features need num_codes**num_levels <= 2**32 (SID keys are uint32), '
+                       f'got {self.num_codes}**{self.num_levels}')
 
   @property
   def vocab_size(self) -> int:
@@ -132,6 +145,39 @@ def item_hashes(cfg: DecoderConfig, history: jnp.ndarray) -> jnp.ndarray:
     bucket = (x % jnp.uint32(cfg.item_hash_buckets)).astype(jnp.int32) + 1
     out.append(jnp.where(history[..., 0] >= 0, bucket, 0))
   return jnp.stack(out)
+
+
+def sid_keys(codes, num_codes: int):
+  """One uint32 key per SID: codes [..., L] -> [...], the SID read as a base-K number.
+
+  Works on numpy and jax arrays alike (the key table is built with numpy).
+  """
+  xp = jnp if isinstance(codes, jax.Array) else np
+  key = xp.zeros(codes.shape[:-1], xp.uint32)
+  for level in range(codes.shape[-1]):
+    key = key * xp.uint32(num_codes) + xp.maximum(codes[..., level], 0).astype(xp.uint32)
+  return key
+
+
+def item_feature_table(item_codes, num_codes: int, features):
+  """(sorted SID keys, table [N, E]) for the frozen item-feature input.
+
+  Args:
+    item_codes: [I, L] int item SIDs.
+    num_codes: K.
+    features: [I, E] float per-item features (row i = item i).
+
+  Items that share a SID (shipped SIDs have a few such groups) share one row: the
+  mean of their features.
+  """
+  item_codes, features = np.asarray(item_codes), np.asarray(features, np.float32)
+  if features.ndim != 2 or features.shape[0] != item_codes.shape[0]:
+    raise ValueError(f'item features of shape {features.shape} do not match {item_codes.shape[0]} items')
+  keys, inverse = np.unique(sid_keys(item_codes, num_codes), return_inverse=True)
+  table = np.zeros((len(keys), features.shape[1]), np.float32)
+  np.add.at(table, inverse.reshape(-1), features)
+  table /= np.bincount(inverse.reshape(-1), minlength=len(keys))[:, None]
+  return tuple(int(k) for k in keys), table
 
 
 def _prompt_inputs(cfg: DecoderConfig, history: jnp.ndarray):
@@ -239,6 +285,11 @@ class Decoder(nn.Module):
     if cfg.item_hash_buckets:
       self.item_embed_a = nn.Embed(cfg.item_hash_buckets + 1, cfg.d_model, embedding_init=init)
       self.item_embed_b = nn.Embed(cfg.item_hash_buckets + 1, cfg.d_model, embedding_init=init)
+    if cfg.item_feature_dim:
+      # Frozen input (stop_gradient here, no weight decay in train.state); the trainer fills it.
+      self.item_text = self.param('item_text', nn.initializers.zeros,
+                                  (len(cfg.item_feature_keys), cfg.item_feature_dim))
+      self.item_text_proj = nn.Dense(cfg.d_model, use_bias=False, kernel_init=init)
     self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
     self.final_norm = nn.RMSNorm(dtype=jnp.dtype(cfg.dtype))
     if not cfg.tie_embeddings:
@@ -253,7 +304,19 @@ class Decoder(nn.Module):
       per_item = self.item_embed_a(buckets[0]) + self.item_embed_b(buckets[1])  # [B, T, D]
       per_token = jnp.repeat(per_item, self.cfg.num_levels, axis=1)  # [B, T*L, D]
       x = x.at[:, 1:1 + per_token.shape[1]].add(per_token)
+    if history is not None and self.cfg.item_feature_dim:
+      per_token = jnp.repeat(self._item_features(history), self.cfg.num_levels, axis=1)
+      x = x.at[:, 1:1 + per_token.shape[1]].add(per_token)
     return self.drop(x.astype(jnp.dtype(self.cfg.dtype)), deterministic=deterministic)
+
+  def _item_features(self, history):
+    """history [B, T, L] -> [B, T, D] projected frozen features (0 for PAD / unknown SIDs)."""
+    keys = jnp.asarray(self.cfg.item_feature_keys, jnp.uint32)              # [N]
+    query = sid_keys(history, self.cfg.num_codes)                           # [B, T]
+    row = jnp.clip(jnp.searchsorted(keys, query), 0, keys.shape[0] - 1)
+    found = (keys[row] == query) & (history[..., 0] >= 0)
+    features = jax.lax.stop_gradient(self.item_text)[row] * found[..., None]
+    return self.item_text_proj(features)
 
   def _head_weights(self):
     """[L, K, D] output embeddings of the code tokens, per level."""
@@ -359,11 +422,23 @@ class Decoder(nn.Module):
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), self.value_head(h)
 
 
-def init_params(cfg: DecoderConfig, rng: jax.Array):
-  """Fresh params pytree (the 'params' collection; its 'value_head' subtree is V)."""
+def init_params(cfg: DecoderConfig, rng: jax.Array, item_features=None):
+  """Fresh params pytree (the 'params' collection; its 'value_head' subtree is V).
+
+  item_features: [N, E] table from item_feature_table (rows in cfg.item_feature_keys
+  order); required when cfg.item_feature_dim, else zeros are left (a restore template).
+  """
   history = jnp.full((1, cfg.max_history, cfg.num_levels), -1, jnp.int32)
   target = jnp.zeros((1, cfg.num_levels), jnp.int32)
-  return Decoder(cfg).init(rng, history, target, True, method=Decoder.teacher_forced)['params']
+  params = Decoder(cfg).init(rng, history, target, True, method=Decoder.teacher_forced)['params']
+  if item_features is not None:
+    if not cfg.item_feature_dim:
+      raise ValueError('item_features given but cfg.item_feature_dim is 0')
+    expected = params['item_text'].shape
+    if tuple(item_features.shape) != expected:
+      raise ValueError(f'item_features has shape {tuple(item_features.shape)}, expected {expected}')
+    params = dict(params, item_text=jnp.asarray(item_features, jnp.float32))
+  return params
 
 
 def forward_train(params, cfg: DecoderConfig, history, target, *, rng=None, train: bool = False):

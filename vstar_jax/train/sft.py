@@ -38,13 +38,20 @@ class TrainingDiverged(RuntimeError):
 
 
 def decoder_config(config: ml_collections.ConfigDict, dataset: types.Dataset) -> decoder.DecoderConfig:
-  """DecoderConfig from config.model and the dataset's SID shape."""
+  """DecoderConfig from config.model and the dataset's SID shape (and item-feature keys)."""
   m = config.model
+  keys, dim = (), 0
+  if m.item_text_features:
+    if dataset.item_features is None:
+      raise ValueError('--config.model.item_text_features=True but the dataset carries no item '
+                       'features (load it with pipeline.load_dataset)')
+    keys, dim = decoder.item_feature_table(dataset.item_codes, dataset.num_codes,
+                                           dataset.item_features)[0], dataset.item_features.shape[1]
   return decoder.DecoderConfig(
       num_levels=dataset.num_levels, num_codes=dataset.num_codes, max_history=dataset.max_history,
       num_layers=m.num_layers, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
       dropout=m.dropout, tie_embeddings=m.tie_embeddings, dtype=m.dtype,
-      item_hash_buckets=m.item_hash_buckets)
+      item_hash_buckets=m.item_hash_buckets, item_feature_keys=keys, item_feature_dim=dim)
 
 
 def sft_loss(params, cfg: decoder.DecoderConfig, history, target, rng, label_smoothing: float):
@@ -165,12 +172,18 @@ def beam_eval(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, dataset: 
 
 
 def initial_state(cfg: decoder.DecoderConfig, optimizer, init_key: jax.Array, state_key: jax.Array,
-                  ema_decay: float) -> state_lib.TrainState:
+                  ema_decay: float, dataset: types.Dataset | None = None) -> state_lib.TrainState:
   """Step-0 state; with ema_decay > 0 it also carries the weight EMA (initialised to the weights).
 
-  Also the restore template for SFT checkpoints (its structure must match what was saved).
+  With `dataset`, the frozen item-feature table (cfg.item_feature_dim > 0) is filled from
+  its item_features. Without it this is the restore template for SFT checkpoints (its
+  structure must match what was saved).
   """
-  params = decoder.init_params(cfg, init_key)
+  features = None
+  if dataset is not None and cfg.item_feature_dim:
+    features = decoder.item_feature_table(dataset.item_codes, dataset.num_codes,
+                                          dataset.item_features)[1]
+  params = decoder.init_params(cfg, init_key, features)
   # A copy, not an alias: the train step donates the state, and one buffer cannot be donated twice.
   extra = {EMA_KEY: jax.tree.map(jnp.copy, params)} if ema_decay > 0 else None
   return state_lib.TrainState.create(params, optimizer, state_key, extra=extra)
@@ -206,7 +219,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   optimizer = state_lib.make_optimizer(s.lr, min(s.warmup_steps, total_steps - 1), total_steps,
                                        s.weight_decay, s.clip_norm, s.b1, s.b2)
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
-  state = initial_state(cfg, optimizer, init_key, state_key, s.ema_decay)
+  state = initial_state(cfg, optimizer, init_key, state_key, s.ema_decay, dataset)
   ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / 'checkpoints' / STAGE,
                                      max_to_keep=2, keep_best=True, best_metric=BEST_METRIC)
   log = metrics_log.MetricsLog(workdir)

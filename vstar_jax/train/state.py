@@ -85,9 +85,16 @@ def lr_schedule(lr_peak: float, warmup_steps: int, total_steps: int) -> optax.Sc
                                             end_value=0.0)
 
 
+FROZEN_PARAMS = ('item_text',)  # inputs kept in params (zero gradient): never decayed
+
+
 def _decay_mask(params: PyTree) -> PyTree:
-  """Weight decay on matrices and embeddings only, not on biases or norm scales (as HF Trainer)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices and embeddings only, not on biases or norm scales (as HF Trainer),
+  nor on the frozen input tables of FROZEN_PARAMS."""
+  def decays(path, p):
+    names = {getattr(k, 'key', None) for k in path}
+    return p.ndim >= 2 and not names & set(FROZEN_PARAMS)
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(lr_peak: float, warmup_steps: int, total_steps: int, weight_decay: float = 0.0,
