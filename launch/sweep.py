@@ -198,10 +198,11 @@ def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str
 
 
 def _cell(row: dict, metric: str) -> str:
-  """'mean ± std' (4 decimals for rates, 1 for counts and seconds), '–' where a row lacks it."""
+  """'mean ± std' (4 decimals for rates, 2 for diversity counts, 1 for seconds), '–' where a row
+  lacks it."""
   if metric not in row['mean']:
     return '–'
-  digits = 4 if metric in METRICS else 1
+  digits = 4 if metric in METRICS else 1 if metric.endswith('_s') else 2
   return f"{row['mean'][metric]:.{digits}f} ± {row['std'][metric]:.{digits}f}"
 
 

@@ -380,7 +380,7 @@ def test_summarize_adds_diversity_and_wall_time_columns_when_runs_have_them(tmp_
   assert ved['mean']['distinct_L1@10'] == pytest.approx(3.5) and 'rl_wall_s' not in beam['mean']
   table = sweep.to_markdown(summary).splitlines()
   assert table[0].endswith('| distinct_L1@10 | rl_wall_s |')
-  assert table[2].endswith('| 3.5 ± 0.7 | 600.0 ± 0.0 |') and table[3].endswith('| – | – |')
+  assert table[2].endswith('| 3.50 ± 0.71 | 600.0 ± 0.0 |') and table[3].endswith('| – | – |')
 
 
 def test_summarize_rejects_metrics_without_the_contract_keys(tmp_path):
