@@ -14,4 +14,9 @@ def get_config(arg: str = 'industrial'):
   c.sft.ema_decay = 0.995
   c.sft.history_dropout = 0.4
   c.model.dropout = 0.2
+  if arg == 'office':
+    # Office valid prefers lighter regularisation: NDCG@10 0.1366 (history dropout 0.2, dropout
+    # 0.1) vs 0.1298 (the Industrial choice above).
+    c.sft.history_dropout = 0.2
+    c.model.dropout = 0.1
   return c

@@ -66,3 +66,18 @@ def test_baseline_mode_on_real_office(data_dir, tmp_path):
   m = json.loads((tmp_path / 'eval' / 'transition_test' / 'metrics.json').read_text())
   assert m['n'] == 4866 and m['invalid'] == 0
   assert m['HR@10'] > json.loads((tmp_path / 'eval' / 'popularity_test' / 'metrics.json').read_text())['HR@10']
+
+
+def test_amazon_configs_validate_and_carry_the_per_dataset_regularisers():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('amazon_config', REPO / 'configs' / 'amazon.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  industrial, office = module.get_config('industrial'), module.get_config('office')
+  for c in (industrial, office):
+    default_config.validate(c)
+    assert c.sft.ema_decay == 0.995 and not c.model.item_text_features
+  assert (industrial.sft.history_dropout, industrial.model.dropout) == (0.4, 0.2)
+  assert (office.sft.history_dropout, office.model.dropout) == (0.2, 0.1)
+  with pytest.raises(ValueError, match='industrial or office'):
+    module.get_config('books')
