@@ -115,3 +115,31 @@ def test_small_real_industrial_run_beats_popularity(data_dir, tmp_path):
   sft, pop = _metrics(tmp_path, 'sft'), _metrics(tmp_path, 'popularity')
   assert sft['n'] == pop['n'] == 600 and sft['invalid'] == 0
   assert sft['NDCG@10'] > pop['NDCG@10'] and sft['HR@10'] > pop['HR@10']
+
+
+@pytest.mark.realdata
+def test_real_item_text_features_align_with_item_ids(data_dir, tmp_path, monkeypatch):
+  """The feature input reads the dataset's MiniLM rows by item id and keys them by SID exactly."""
+  import numpy as np
+  from vstar_jax import pipeline
+  from vstar_jax.data import amazon
+  from vstar_jax.model import decoder
+  from vstar_jax.train import sft
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('amazon_config', REPO / 'configs' / 'amazon.py')
+  amazon_config = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(amazon_config)
+  monkeypatch.setenv('VSTAR_DATA_DIR', str(data_dir))
+  config = amazon_config.get_config('industrial')
+  config.model.item_text_features = True
+  dataset = pipeline.load_dataset(config, tmp_path)
+  npy = np.load(data_dir / 'index' / f'{amazon.DATASETS["industrial"]}.emb-minilm-td.npy')
+  np.testing.assert_array_equal(dataset.item_features, npy)
+  cfg = sft.decoder_config(config, dataset)
+  num_sids = len({tuple(c) for c in dataset.item_codes.tolist()})
+  assert len(cfg.item_feature_keys) == num_sids < dataset.num_items   # shipped SIDs collide
+  _, table = decoder.item_feature_table(dataset.item_codes, dataset.num_codes, npy)
+  keys = decoder.sid_keys(dataset.item_codes, dataset.num_codes)
+  rows = np.searchsorted(cfg.item_feature_keys, keys)
+  single = np.bincount(rows)[rows] == 1
+  np.testing.assert_array_equal(table[rows[single]], npy[single])   # one item per SID: its own row
