@@ -77,6 +77,26 @@ def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):
   assert _metrics(other, 'rl')['HR@10'] == rl['HR@10']
 
 
+def test_item_text_features_through_sft_rl_eval_and_recommend(tmp_path):
+  args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
+          '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8', *TINY,
+          '--config.model.item_text_features=True', '--config.sft.epochs=1', '--config.rl.steps=2',
+          '--config.rl.batch_users=16', '--config.rl.value_pretrain_steps=1',
+          '--config.rl.valid_every=2', '--config.rl.valid_max_rows=50', '--config.rl.valid_beams=10',
+          '--config.rl.group_size=8', '--config.rl.ved_multiplier=3']
+  _main(tmp_path, *args, '--config.mode=rl')
+  rl = _metrics(tmp_path, 'rl')
+  assert rl['invalid'] == 0 and rl['rl_steps'] == 2
+  _main(tmp_path, *args, '--config.mode=eval')   # restores params holding the feature table
+  assert _metrics(tmp_path, 'rl')['HR@10'] == rl['HR@10']
+  _main(tmp_path, *args, '--config.mode=recommend', '--config.recommend.history=3,5')
+  assert len(json.loads((tmp_path / 'recommend.json').read_text())[0]['recommendations']) == 10
+  # Checkpoints written with the feature input do not load into a model without it.
+  with pytest.raises(AssertionError, match='do not match this config|item_text'):
+    _main(tmp_path, *args[:-10], '--config.sft.epochs=1', '--config.model.item_text_features=False',
+          '--config.mode=eval')
+
+
 def test_rl_init_workdir_without_sft_checkpoint_is_a_clear_error(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'vstar_jax.main', f'--workdir={tmp_path / "w"}',
                          '--config=configs/synthetic.py', '--config.mode=rl',
