@@ -76,7 +76,7 @@ def test_amazon_configs_validate_and_carry_the_per_dataset_regularisers():
   industrial, office = module.get_config('industrial'), module.get_config('office')
   for c in (industrial, office):
     default_config.validate(c)
-    assert c.sft.ema_decay == 0.995 and not c.model.item_text_features
+    assert c.sft.ema_decay == 0.995 and not c.model.item_text_features and c.rl.lr == 1e-5
   assert (industrial.sft.history_dropout, industrial.model.dropout) == (0.4, 0.2)
   assert (office.sft.history_dropout, office.model.dropout) == (0.2, 0.1)
   with pytest.raises(ValueError, match='industrial or office'):
