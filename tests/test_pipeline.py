@@ -77,6 +77,7 @@ def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):
   assert _metrics(other, 'rl')['HR@10'] == rl['HR@10']
 
 
+@pytest.mark.slow  # ~2 min on the CI machine; the feature's units are in test_decoder / test_sft
 def test_item_text_features_through_sft_rl_eval_and_recommend(tmp_path):
   args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
           '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8', *TINY,
