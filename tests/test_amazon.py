@@ -7,7 +7,7 @@ import pytest
 
 import amazon_fixture
 from vstar_jax.data import amazon
-from vstar_jax.sid import sid_strings
+from vstar_jax.data import sid_strings
 from vstar_jax.sid import trie as trie_lib
 
 STEM = amazon_fixture.STEM

@@ -18,7 +18,7 @@ from absl import logging
 import numpy as np
 
 from vstar_jax.data import types
-from vstar_jax.sid import sid_strings
+from vstar_jax.data import sid_strings
 
 DATASETS = {
     'industrial': 'Industrial_and_Scientific',

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from vstar_jax.data import types
-from vstar_jax.sid import sid_strings
+from vstar_jax.data import sid_strings
 
 
 def random_sids(rng: np.random.Generator, num_items: int, num_levels: int, num_codes: int,

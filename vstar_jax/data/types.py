@@ -87,7 +87,7 @@ class Dataset:
 
   def with_item_codes(self, item_codes: np.ndarray, num_codes: int) -> 'Dataset':
     """Same rows under another SID assignment (e.g. a learned codebook)."""
-    from vstar_jax.sid import sid_strings
+    from vstar_jax.data import sid_strings
     sids = np.array(sid_strings.format_sids(item_codes))
     targets = {k: sids[s.target_item] for k, s in self.splits.items()}
     return dataclasses.replace(self, item_codes=np.asarray(item_codes, np.int32),

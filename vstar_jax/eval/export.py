@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from vstar_jax import io
+from vstar_jax.data import sid_strings
 from vstar_jax.eval import metrics as metrics_lib
-from vstar_jax.sid import sid_strings
-
-
-def write_json_atomic(path: pathlib.Path, obj) -> None:
-  """Writes JSON through a temp file + rename so a crash never leaves a partial file."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def prediction_records(predictions, targets) -> list[dict]:
@@ -49,6 +32,6 @@ def evaluate_and_export(out_dir, pred_codes: np.ndarray, target_sids, target_cod
   if extra:
     result.update(extra)
   out_dir = pathlib.Path(out_dir)
-  write_json_atomic(out_dir / 'predictions.json', prediction_records(predictions, targets))
-  write_json_atomic(out_dir / 'metrics.json', result)
+  io.write_json_atomic(out_dir / 'predictions.json', prediction_records(predictions, targets))
+  io.write_json_atomic(out_dir / 'metrics.json', result)
   return result

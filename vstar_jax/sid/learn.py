@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vstar_jax.eval import export
+from vstar_jax import io
+from vstar_jax.data import sid_strings
 from vstar_jax.sid import codebook
 from vstar_jax.sid import disambiguate
-from vstar_jax.sid import sid_strings
 from vstar_jax.sid import text_embedding
 from vstar_jax.sid import trie
 
@@ -247,8 +247,8 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
 def write_outputs(sid_dir: pathlib.Path, codes: np.ndarray, stats: dict, params) -> None:
   """index.json, stats.json and the orbax params checkpoint under sid_dir."""
   sid_dir.mkdir(parents=True, exist_ok=True)
-  export.write_json_atomic(sid_dir / 'index.json', index_json(codes))
-  export.write_json_atomic(sid_dir / 'stats.json', stats)
+  io.write_json_atomic(sid_dir / 'index.json', index_json(codes))
+  io.write_json_atomic(sid_dir / 'stats.json', stats)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save((sid_dir / 'params').resolve(), params, force=True)
   checkpointer.wait_until_finished()
