@@ -21,7 +21,7 @@ import numpy as np
 
 from vstar_jax.data import amazon
 from vstar_jax.data import synthetic
-from vstar_jax.decode import beam
+from vstar_jax.decode import search
 from vstar_jax.model import decoder
 from vstar_jax.sid import trie as trie_lib
 
@@ -86,10 +86,10 @@ def main(argv):
   trie = trie_lib.build_trie(item_codes, num_codes)
   batch_size = min(_BATCH_SIZE.value, num_users)
 
-  beam.beam_search_split(params, cfg, trie, history[:batch_size], _BEAMS.value, batch_size)
+  search.beam_search_split(params, cfg, trie, history[:batch_size], _BEAMS.value, batch_size)
   peak = matmul_peak()
   start = time.perf_counter()
-  codes, _ = beam.beam_search_split(params, cfg, trie, history, _BEAMS.value, batch_size)
+  codes, _ = search.beam_search_split(params, cfg, trie, history, _BEAMS.value, batch_size)
   wall = time.perf_counter() - start
   valid = np.asarray(trie_lib.is_valid_sid(trie, codes))
   logging.info('decoded %d users; valid SIDs per user: min %d', num_users, valid.sum(1).min())

@@ -30,11 +30,13 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from vstar_jax import default_config  # pylint: disable=g-import-not-at-top
-from vstar_jax.decode import beam
+from vstar_jax import parallel
+from vstar_jax.decode import search
 from vstar_jax.decode import ved as ved_lib
 from vstar_jax.model import decoder
-from vstar_jax.rl import loop
-from vstar_jax.rl import update
+from vstar_jax.rl import rollouts
+from vstar_jax.rl import settings as settings_lib
+from vstar_jax.rl import step as step_lib
 from vstar_jax.sid import trie as trie_lib
 
 _CATALOGUES = flags.DEFINE_list('catalogues', ['10000', '100000', '1000000'], 'Catalogue sizes.')
@@ -72,7 +74,7 @@ def time_calls(fn, batches) -> float:
 
 
 def beam_users_per_s(params, cfg, trie, history, batch=16) -> float:
-  fn = jax.jit(lambda h: beam.beam_search(params, cfg, trie, h, _BEAMS.value))
+  fn = jax.jit(lambda h: search.beam_search(params, cfg, trie, h, _BEAMS.value))
   batches = [history[i:i + batch] for i in range(0, len(history) - batch + 1, batch)]
   return batch / time_calls(fn, batches)
 
@@ -118,20 +120,20 @@ def budget_rows():
   users = 16
   history = histories_from(codes, users, 10)
   target = histories_from(codes, users, 1, seed=2)[:, 0]
-  mesh = update.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:1])
   rows = []
   for m in (float(x) for x in _MULTIPLIERS.value):
     r = default_config.base_config().rl
-    r.ved_multiplier, r.steps, r.batch_users = m, 10, users
-    settings = loop.RlSettings.from_config(r)
-    ved_fn = jax.jit(lambda h, s=settings: loop.rollout(params, trie, h, jnp.arange(users),
+    r.ved.multiplier, r.steps, r.batch_users = m, 10, users
+    settings = settings_lib.RlSettings.from_config(r)
+    ved_fn = jax.jit(lambda h, s=settings: rollouts.ved_rollout(params, trie, h, jnp.arange(users),
                                                        jax.random.key(0), cfg=cfg, settings=s))
     rollout_s = time_calls(ved_fn, [history] * 3) / users
-    programs = loop.make_programs(cfg, settings, mesh, 10)
-    state = update.replicate(loop.init_state(params, settings, 0), mesh)
+    programs = step_lib.make_programs(cfg, settings, mesh)
+    state = parallel.replicate(step_lib.init_state(params, settings, 0), mesh)
     batch = {'history': history, 'target': target, 'target_item': np.zeros(users, np.int32),
              'user_index': np.arange(users, dtype=np.int32)}
-    batch = update.shard_batch(batch, mesh)
+    batch = parallel.shard_batch(batch, mesh)
     state, _ = programs.iteration(state, batch, trie, None)   # compile
     jax.block_until_ready(state.params)
     start = time.perf_counter()

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vstar_jax import default_config
+from vstar_jax.data import batching
 from vstar_jax.data import loading
 from vstar_jax.model import decoder
 from vstar_jax.train import sft
@@ -47,7 +48,7 @@ def main(argv):
       _D_MODEL.value, 4 * _D_MODEL.value, _LAYERS.value)
   dataset = loading.load(config)
   cfg = sft.decoder_config(config, dataset)
-  history, target = sft.training_rows(dataset, ('train',))
+  history, target = batching.training_rows(dataset, ('train',))
   optimizer = state_lib.make_optimizer(1e-3, 10, 1000, 0.1)
   state = state_lib.TrainState.create(decoder.init_params(cfg, jax.random.key(0)), optimizer,
                                       jax.random.key(1))

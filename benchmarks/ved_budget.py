@@ -32,12 +32,16 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from vstar_jax import default_config  # pylint: disable=g-import-not-at-top
+from vstar_jax import parallel
 from vstar_jax import pipeline
-from vstar_jax.decode import beam
+from vstar_jax.data import batching
+from vstar_jax.decode import search
 from vstar_jax.decode import ved as ved_lib
+from vstar_jax.model import policy
 from vstar_jax.rl import loop
 from vstar_jax.rl import rewards
-from vstar_jax.rl import update
+from vstar_jax.rl import rollouts
+from vstar_jax.rl import settings as settings_lib
 from vstar_jax.rl import value_pretrain
 from vstar_jax.sid import trie as trie_lib
 
@@ -57,17 +61,17 @@ def fit_value_head(params, cfg, trie, dataset, steps: int, seed: int = 0):
   """Fits params['value_head'] on beam-16 rollouts of the frozen policy (train users)."""
   r = default_config.base_config().rl
   r.rollout, r.group_size = 'beam', 16
-  settings = loop.RlSettings.from_config(r)
-  mesh = update.make_mesh()
+  settings = settings_lib.RlSettings.from_config(r)
+  mesh = parallel.make_mesh()
   trainer = value_pretrain.make_value_step(
-      functools.partial(loop.candidate_log_probs, cfg=cfg),
-      functools.partial(loop.rollout, cfg=cfg, settings=settings), settings.targets,
+      functools.partial(policy.candidate_log_probs, cfg=cfg),
+      functools.partial(rollouts.beam_rollout, cfg=cfg, settings=settings), settings.targets,
       r.value_pretrain_lr, r.clip_norm, mesh)
-  users = loop.UserRows.from_dataset(dataset, ('train',))
+  users = batching.UserRows.from_dataset(dataset, ('train',))
   num_rows = users.history.shape[0]
-  batches = (users.batch(loop.batch_rows(num_rows, r.batch_users, seed, 0, i % (num_rows // r.batch_users)), mesh)
+  batches = (users.batch(batching.batch_rows(num_rows, r.batch_users, seed, 0, i % (num_rows // r.batch_users)), mesh)
              for i in range(steps))
-  params = update.replicate(params, mesh)
+  params = parallel.replicate(params, mesh)
   params, losses = value_pretrain.pretrain(trainer, params, batches, trie, None, jax.random.key(seed), mesh)
   logging.info('value head: loss %.4f -> %.4f over %d steps', losses[0], losses[-1], len(losses))
   return jax.device_get(params), losses
@@ -111,7 +115,7 @@ def main(argv):
     raise SystemExit(f'no SFT checkpoint in {workdir}/checkpoints/sft: train one first')
   params, cfg = restored
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  rl_params = loop.restore_best_params(workdir, params)
+  rl_params = loop.restore_best_params(config, workdir, params)
   value_source, value_losses = 'rl_checkpoint', []
   if rl_params is not None:
     params = rl_params
@@ -129,11 +133,11 @@ def main(argv):
     budget = int(np.floor(m * base))
     width = (budget - 1) // (num_levels - 1)
     vcfg = ved_lib.VedConfig(width=_WIDTH.value, multiplier=m, group_size=width)
-    settings = dataclasses.replace(loop.RlSettings.from_config(config.rl), rollout='ved',
+    settings = dataclasses.replace(settings_lib.RlSettings.from_config(config.rl), rollout='ved',
                                    group_size=width, ved=vcfg)
-    ved_fn = jax.jit(lambda h, i, s=settings: loop.rollout(
+    ved_fn = jax.jit(lambda h, i, s=settings: rollouts.ved_rollout(
         params, trie, h, jnp.arange(h.shape[0]) + i, jax.random.key(0), cfg=cfg, settings=s))
-    beam_fn = jax.jit(lambda h, i, w=width: beam.beam_search(params, cfg, trie, h, w))
+    beam_fn = jax.jit(lambda h, i, w=width: search.beam_search(params, cfg, trie, h, w))
     ved_out, ved_s = run_batched(ved_fn, history, _BATCH.value)
     (beam_codes, beam_scores), beam_s = run_batched(beam_fn, history, _BATCH.value)
     v = group_stats(ved_out['cand'], ved_out['valid'], ved_out['rank_score'], target)

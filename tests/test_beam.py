@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vstar_jax.decode import beam
+from vstar_jax.decode import search
 import decoder_fixture
 from vstar_jax.model import decoder
 from vstar_jax.sid import trie as trie_lib
@@ -88,7 +88,7 @@ def test_exact_top_k_by_brute_force(params):
   num_beams = BEAMS
   assert np.bincount(trie.depth)[1:CFG.num_levels].max() <= num_beams  # nothing is pruned
   history = histories(seed=1)
-  codes, scores = beam.beam_search(params, CFG, trie, history, num_beams)
+  codes, scores = search.beam_search(params, CFG, trie, history, num_beams)
   brute = sid_scores(params, history, items)
   order = np.argsort(-brute, axis=1)[:, :num_beams]
   assert np.all(np.diff(np.sort(brute, axis=1), axis=1) > 1e-4)  # no ties: the order is defined
@@ -103,7 +103,7 @@ def test_matches_reference_beam_search_when_pruning(params):
   num_beams = BEAMS
   assert np.bincount(trie.depth)[2] > num_beams
   history = histories(seed=3)
-  codes, scores = beam.beam_search(params, CFG, trie, history, num_beams)
+  codes, scores = search.beam_search(params, CFG, trie, history, num_beams)
   for b, expected in enumerate(reference_beam_search(params, history, items, num_beams)):
     np.testing.assert_array_equal(np.asarray(codes[b]), np.array([c for c, _ in expected]))
     np.testing.assert_allclose(scores[b], [s for _, s in expected], atol=1e-4)
@@ -115,7 +115,7 @@ def test_valid_distinct_sorted_and_consistent(params):
   trie = trie_lib.build_trie(items, CFG.num_codes)
   num_beams = BEAMS
   history = histories(seed=5)
-  codes, scores = beam.beam_search(params, CFG, trie, history, num_beams)
+  codes, scores = search.beam_search(params, CFG, trie, history, num_beams)
   chex.assert_shape(codes, (BATCH, num_beams, CFG.num_levels))
   chex.assert_shape(scores, (BATCH, num_beams))
   assert bool(trie_lib.is_valid_sid(trie, codes).all())
@@ -134,7 +134,7 @@ def test_fewer_items_than_beams_marks_the_tail(params):
   trie = trie_lib.build_trie(items, CFG.num_codes)
   num_beams = 8
   history = histories(seed=6)
-  codes, scores = beam.beam_search(params, CFG, trie, history, num_beams)
+  codes, scores = search.beam_search(params, CFG, trie, history, num_beams)
   brute = sid_scores(params, history, items)
   order = np.argsort(-brute, axis=1)
   np.testing.assert_array_equal(np.asarray(codes[:, :5]), items[order])
@@ -147,8 +147,8 @@ def test_left_padding_does_not_change_results(params):
   trie = trie_lib.build_trie(EXHAUSTIVE, CFG.num_codes)
   history = histories(seed=8)[:, 1:]
   padded = np.concatenate([np.full((BATCH, 1, CFG.num_levels), -1, np.int32), history], axis=1)
-  short = beam.beam_search(params, CFG, trie, history, BEAMS)
-  long = beam.beam_search(params, CFG, trie, padded, BEAMS)
+  short = search.beam_search(params, CFG, trie, history, BEAMS)
+  long = search.beam_search(params, CFG, trie, padded, BEAMS)
   np.testing.assert_array_equal(np.asarray(short[0]), np.asarray(long[0]))
   np.testing.assert_allclose(short[1], long[1], atol=1e-4)
 
@@ -161,19 +161,19 @@ def test_compiles_once_per_shape(params, monkeypatch):
   trie = trie_lib.build_trie(PRUNED, CFG.num_codes)
   for seed in range(3):
     other_params = random_params(CFG, seed=seed)
-    beam.beam_search(other_params, CFG, trie, histories(seed)[:2], 7)
+    search.beam_search(other_params, CFG, trie, histories(seed)[:2], 7)
   assert len(traces) == 1
-  beam.beam_search(params, CFG, trie, histories(0), 7)
+  search.beam_search(params, CFG, trie, histories(0), 7)
   assert len(traces) == 2
 
 
 def test_split_helper_pads_and_keeps_row_order(params):
   trie = trie_lib.build_trie(PRUNED, CFG.num_codes)
   rows = np.concatenate([histories(seed) for seed in range(3)])[:7]
-  codes, scores = beam.beam_search_split(params, CFG, trie, rows, BEAMS, batch_size=BATCH)
+  codes, scores = search.beam_search_split(params, CFG, trie, rows, BEAMS, batch_size=BATCH)
   assert isinstance(codes, np.ndarray) and codes.shape == (7, BEAMS, CFG.num_levels)
   for row in range(7):
-    one_codes, one_scores = beam.beam_search(params, CFG, trie,
+    one_codes, one_scores = search.beam_search(params, CFG, trie,
                                              np.repeat(rows[row:row + 1], BATCH, 0), BEAMS)
     np.testing.assert_array_equal(codes[row], np.asarray(one_codes[0]))
     np.testing.assert_allclose(scores[row], one_scores[0], atol=1e-4)
@@ -182,4 +182,4 @@ def test_split_helper_pads_and_keeps_row_order(params):
 def test_rejects_a_trie_of_another_shape(params):
   trie = trie_lib.build_trie(np.array([[0, 1, 2, 3]], np.int32), CFG.num_codes)
   with pytest.raises(ValueError, match='trie has L=4'):
-    beam.beam_search(params, CFG, trie, histories(0), BEAMS)
+    search.beam_search(params, CFG, trie, histories(0), BEAMS)

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from vstar_jax.sid import codebook
+from vstar_jax.sid import rqvae
 
 
 def _clustered(num_points=240, dim=16, num_clusters=12, noise=0.15, seed=0):
@@ -145,20 +146,20 @@ def _small_rqvae(sinkhorn_iters=0):
 
 
 # Jitted, so the tests do not pay op-by-op compilation; one shape for every RQ-VAE test.
-_loss_grad = jax.jit(jax.grad(codebook.rqvae_loss, has_aux=True), static_argnums=2)
+_loss_grad = jax.jit(jax.grad(rqvae.rqvae_loss, has_aux=True), static_argnums=2)
 _RQ_X = _clustered(num_points=256, noise=0.3)
 
 
 def test_straight_through_gradients_are_finite_and_reach_the_encoder():
   x = jnp.asarray(_RQ_X)
   cfg = _small_rqvae()
-  params = codebook.init_rqvae(jax.random.PRNGKey(0), x.shape[1], cfg)
+  params = rqvae.init_rqvae(jax.random.PRNGKey(0), x.shape[1], cfg)
   grads, metrics = _loss_grad(params, x, cfg)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert np.isfinite(float(metrics['loss']))
   # The reconstruction term reaches the encoder only through the straight-through path,
   # and never the codebooks (they learn from the codebook loss).
-  recon_grads = jax.jit(jax.grad(lambda p: codebook.rqvae_loss(p, x, cfg)[1]['recon']))(params)
+  recon_grads = jax.jit(jax.grad(lambda p: rqvae.rqvae_loss(p, x, cfg)[1]['recon']))(params)
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(recon_grads['encoder']))
   assert float(jnp.abs(recon_grads['codebooks']).max()) == 0.0
 
@@ -166,7 +167,7 @@ def test_straight_through_gradients_are_finite_and_reach_the_encoder():
 def test_rqvae_training_lowers_loss_and_reconstruction_improves_with_levels():
   x = jnp.asarray(_RQ_X)
   cfg = _small_rqvae(sinkhorn_iters=20)
-  params, history = codebook.fit_rqvae(jax.random.PRNGKey(0), x, cfg, steps=300, batch_size=128,
+  params, history = rqvae.fit_rqvae(jax.random.PRNGKey(0), x, cfg, steps=300, batch_size=128,
                                        learning_rate=3e-3, kmeans_iters=10, reseed_every=100,
                                        log_every=100)
   assert history['step'] == [100, 200, 300]
@@ -179,13 +180,13 @@ def test_rqvae_training_lowers_loss_and_reconstruction_improves_with_levels():
 def test_train_step_matches_manual_adam_update():
   x = jnp.asarray(_RQ_X)
   cfg = _small_rqvae()
-  params = codebook.init_rqvae(jax.random.PRNGKey(0), x.shape[1], cfg)
+  params = rqvae.init_rqvae(jax.random.PRNGKey(0), x.shape[1], cfg)
   optimizer = optax.adam(1e-2)
   grads, _ = _loss_grad(params, x, cfg)
   opt_state = jax.jit(optimizer.init)(params)
   want = jax.jit(lambda p, g, s: optax.apply_updates(p, optimizer.update(g, s, p)[0]))(
       params, grads, opt_state)
-  step = codebook.make_train_step(cfg, optimizer)
+  step = rqvae.make_train_step(cfg, optimizer)
   got, _, metrics = step(params, opt_state, x)  # Donates params and opt_state.
   chex.assert_trees_all_close(got, want, atol=1e-6)
   assert set(metrics) == {'loss', 'recon', 'codebook', 'commit', 'batch_usage'}
@@ -196,7 +197,7 @@ def test_reseed_dead_codes_moves_unused_codes_onto_worst_points():
   cfg = codebook.CodebookConfig(num_levels=2, codebook_size=16)
   codebooks = codebook.residual_kmeans(jax.random.PRNGKey(0), x, cfg, 15)
   codebooks = codebooks.at[0, 3].set(1e3)  # level-1 code 3 is now dead.
-  params, reseeded = codebook.reseed_dead_codes({'codebooks': codebooks}, x, cfg)
+  params, reseeded = rqvae.reseed_dead_codes({'codebooks': codebooks}, x, cfg)
   np.testing.assert_array_equal(reseeded, [1, 0])
   codes = codebook.encode({'codebooks': codebooks}, x, cfg)
   errors = np.sum((np.asarray(x) - np.asarray(codebooks)[0][np.asarray(codes)[:, 0]]) ** 2, -1)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import decoder_fixture
+from vstar_jax.model import attention
 from vstar_jax.model import decoder
+from vstar_jax.model import layout
 
 CONFIGS = {
     'tied_L3': decoder.DecoderConfig(num_levels=3, num_codes=8, max_history=5, num_layers=2,
@@ -30,7 +32,7 @@ forward_train = jax.jit(decoder.forward_train, static_argnums=1, static_argnames
 prefill = jax.jit(decoder.prefill, static_argnums=1)
 decode_step = jax.jit(decoder.decode_step, static_argnums=(1, 5))
 prefix_forward = jax.jit(decoder.prefix_forward, static_argnums=1)
-reorder_suffix_cache = jax.jit(decoder.reorder_suffix_cache)
+reorder_suffix_cache = jax.jit(attention.reorder_suffix_cache)
 
 
 random_params = decoder_fixture.random_params
@@ -114,7 +116,7 @@ def test_decode_step_chain_equals_forward_train(setup):
   ref_lp, ref_v = reference(params, cfg, history, codes)
   prompt = prefill(params, cfg, history)
   # Level 0 runs on one beam per user, which is then fanned out to the W beams.
-  cache = decoder.init_suffix_cache(cfg, BATCH, 1)
+  cache = attention.init_suffix_cache(cfg, BATCH, 1)
   log_probs, values, cache = decode_step(params, cfg, prompt, cache,
                                          jnp.zeros((BATCH, 1), jnp.int32), 0)
   chex.assert_trees_all_close(log_probs[:, 0], ref_lp[:, 0, 0], **TOL)
@@ -134,7 +136,7 @@ def test_reorder_suffix_cache_follows_parents(setup):
   codes = random_codes(cfg, (BATCH, WIDTH), seed=9)
   parent = np.array([[2, 2, 0, 3], [1, 0, 1, 1]])
   prompt = prefill(params, cfg, history)
-  cache = reorder_suffix_cache(decoder.init_suffix_cache(cfg, BATCH, 1),
+  cache = reorder_suffix_cache(attention.init_suffix_cache(cfg, BATCH, 1),
                                jnp.zeros((BATCH, 1), jnp.int32))
   _, _, cache = decode_step(params, cfg, prompt, cache, jnp.zeros((BATCH, 1), jnp.int32), 0)
   cache = reorder_suffix_cache(cache, jnp.zeros((BATCH, WIDTH), jnp.int32))
@@ -213,13 +215,13 @@ def test_rejects_bad_shapes():
   with pytest.raises(ValueError, match='level'):
     decoder.decode_step(params, cfg, None, None, None, cfg.num_levels)
   with pytest.raises(ValueError, match='slots'):
-    decoder.decode_step(params, cfg, None, decoder.init_suffix_cache(cfg, 1, 1), None, 1)
+    decoder.decode_step(params, cfg, None, attention.init_suffix_cache(cfg, 1, 1), None, 1)
 
 
 def test_item_hashes_identify_items():
   cfg = CONFIGS['untied_L4']
   history = jnp.array([[[1, 2, 3, 4], [1, 2, 3, 5], [-1, -1, -1, -1], [1, 2, 3, 4]]])
-  buckets = np.asarray(decoder.item_hashes(cfg, history))   # [2, B, T]
+  buckets = np.asarray(layout.item_hashes(cfg, history))   # [2, B, T]
   assert buckets.shape == (2, 1, 4)
   assert (buckets[:, 0, 2] == 0).all()                        # padded item: no embedding
   assert (buckets[:, 0, 0] == buckets[:, 0, 3]).all()         # same SID, same buckets
@@ -229,21 +231,21 @@ def test_item_hashes_identify_items():
 
 def test_sid_keys_numpy_equals_jax_and_orders_lexicographically():
   codes = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0], [3, 3, 3], [-1, -1, -1]], np.int32)
-  keys = decoder.sid_keys(codes, 4)
+  keys = layout.sid_keys(codes, 4)
   np.testing.assert_array_equal(keys, [1, 4, 16, 63, 0])
-  np.testing.assert_array_equal(np.asarray(decoder.sid_keys(jnp.asarray(codes), 4)), keys)
+  np.testing.assert_array_equal(np.asarray(layout.sid_keys(jnp.asarray(codes), 4)), keys)
   big = np.array([[255, 255, 255, 255]])   # K**L == 2**32 still fits uint32
-  assert int(decoder.sid_keys(big, 256)[0]) == 2 ** 32 - 1
+  assert int(layout.sid_keys(big, 256)[0]) == 2 ** 32 - 1
 
 
 def test_item_feature_table_averages_items_sharing_a_sid():
   item_codes = np.array([[1, 0, 2], [0, 3, 1], [1, 0, 2]])
   features = np.array([[1., 0.], [0., 1.], [3., 2.]])
-  keys, table = decoder.item_feature_table(item_codes, 4, features)
+  keys, table = layout.item_feature_table(item_codes, 4, features)
   assert keys == (13, 18)                       # sorted: [0,3,1] -> 13, [1,0,2] -> 18
   np.testing.assert_allclose(table, [[0., 1.], [2., 1.]])
   with pytest.raises(ValueError, match='do not match 3 items'):
-    decoder.item_feature_table(item_codes, 4, features[:2])
+    layout.item_feature_table(item_codes, 4, features[:2])
 
 
 def test_item_features_enter_only_through_listed_history_items():

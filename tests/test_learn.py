@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vstar_jax import default_config
 from vstar_jax.data import amazon
 from vstar_jax.sid import codebook
 from vstar_jax.sid import learn
@@ -24,7 +25,7 @@ def _clustered(num_points=160, dim=12, num_clusters=10, seed=0):
 
 
 def _small_config(**overrides):
-  cfg = learn.default_sid_config()
+  cfg = default_config.sid_config()
   cfg.update(dict(codebook_size=32, kmeans_iters=10, steps=60, batch_size=64, hidden_dims=(32,),
                   latent_dim=8, reseed_every=20, sinkhorn_iters=20))
   cfg.update(overrides)
@@ -32,9 +33,9 @@ def _small_config(**overrides):
 
 
 def test_default_config_matches_the_paper_setup():
-  cfg = learn.default_sid_config()
+  cfg = default_config.sid_config()
   assert (cfg.source, cfg.method, cfg.num_levels, cfg.codebook_size, cfg.disambiguation) == (
-      'learned', 'kmeans', 3, 256, 'reassign')
+      'given', 'kmeans', 3, 256, 'reassign')
   ccfg = learn.codebook_config(cfg)
   assert isinstance(ccfg, codebook.CodebookConfig)
   assert (ccfg.num_levels, ccfg.codebook_size, ccfg.hidden_dims) == (3, 256, tuple(cfg.hidden_dims))
@@ -168,7 +169,7 @@ def test_load_item_embeddings_checks_row_alignment(tmp_path):
 @pytest.mark.realdata
 def test_real_embeddings_beat_shipped_sids(data_dir):
   emb, _ = learn.load_item_embeddings(data_dir, _NAME)
-  cfg = learn.default_sid_config()
+  cfg = default_config.sid_config()
   cfg.update(dict(kmeans_iters=10, sinkhorn_iters=10))
   codes, stats = learn.learn_sids(emb, cfg)
   shipped = learn.code_stats(amazon.load_index(data_dir / 'index' / f'{_NAME}.index.json'), 256)

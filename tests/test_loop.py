@@ -1,5 +1,5 @@
-"""Tests for vstar_jax.rl.loop: sharding invariance, bit-exact resume, zero signal without
-hits, and RL improving a briefly SFT-trained tiny decoder on synthetic data.
+"""Tests for vstar_jax.rl.loop (and the rl.step program it drives): sharding invariance,
+bit-exact resume, and RL improving a briefly SFT-trained tiny decoder on synthetic data.
 
 Run as a script (`python tests/test_loop.py OUT_DIR`) this module runs two RL iterations on
 a 4-device mesh of simulated CPU devices and saves the results, which the test compares with
@@ -8,24 +8,25 @@ the script in the background (XLA_FLAGS must be set before jax initializes), ove
 in-process tests.
 """
 
-import functools
 import os
 import shutil
 import subprocess
 import sys
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from vstar_jax import default_config
+from vstar_jax import parallel
+from vstar_jax.data import batching
 from vstar_jax.data import synthetic
+from vstar_jax.eval import validate
 from vstar_jax.model import decoder
 from vstar_jax.rl import loop
-from vstar_jax.rl import update
+from vstar_jax.rl import settings as settings_lib
+from vstar_jax.rl import step as step_lib
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import checkpoint as checkpoint_lib
 from vstar_jax.train import sft
@@ -45,9 +46,8 @@ def tiny_config(sft_epochs=2):
   c.sft.checkpoint_every_steps = 0
   c.sft.valid_max_rows, c.sft.valid_beams = 100, 10
   c.eval.batch_size = 50
-  c.rl = loop.default_rl_config()
   r = c.rl
-  r.group_size, r.ved_width, r.batch_users = 8, 4, 16
+  r.group_size, r.ved.width, r.batch_users = 8, 4, 16
   r.steps, r.valid_every, r.checkpoint_every = STEPS, STEPS, 10
   r.value_pretrain_steps = 0  # covered by tests/test_value_pretrain.py
   r.valid_max_rows, r.valid_beams = 150, 10
@@ -87,7 +87,7 @@ def full_run(setup, tmp_path_factory):
 
 
 def _latest_params(workdir, sft_params, config):
-  template = loop.init_state(sft_params, loop.RlSettings.from_config(config.rl), 0)
+  template = loop.state_template(config, sft_params)
   ckpt = checkpoint_lib.Checkpointer(workdir / 'checkpoints' / loop.STAGE,
                                      best_metric=loop.BEST_METRIC)
   state, _ = ckpt.restore_latest(template)
@@ -143,89 +143,9 @@ def test_rl_raises_rollout_reward_and_valid_hit_rate(setup, full_run):
   # The users RL trained on: hits in the top 10 of beam search, before and after.
   rows = np.arange(300)
   trie = trie_lib.build_trie(data.item_codes, data.num_codes)
-  hr = lambda p: sft.beam_eval(p, result.cfg, trie, data, 'train', rows, 10, 50)[1]['HR@10']
+  hr = lambda p: validate.beam_eval(p, result.cfg, trie, data, 'train', rows, 10, 50)[1]['HR@10']
   before, after = hr(result.params), hr(rl.params)
   assert after > before + 0.03, (before, after)
-
-
-@pytest.mark.parametrize('reward', ['rule', 'ranking'])
-def test_no_hit_batch_gives_zero_policy_gradient(setup, reward):
-  data, _, result = setup
-  config = tiny_config()
-  config.rl.reward = reward
-  settings = loop.RlSettings.from_config(config.rl)
-  users = loop.UserRows.from_dataset(data, ('train',))
-  rng = np.random.default_rng(0)
-  num_users, group = 8, config.rl.group_size
-  # Candidate groups: distinct catalogue SIDs, best first, with an invalid tail on some users.
-  cand = np.stack([data.item_codes[rng.choice(data.num_items, group, replace=False)]
-                   for _ in range(num_users)])
-  valid = np.arange(group)[None, :] < rng.integers(3, group + 1, size=(num_users, 1))
-  cand = np.where(valid[..., None], cand, -1)
-  ro = {'cand': cand, 'valid': valid,
-        'rank_score': np.where(valid, -np.arange(group, dtype=np.float32), -np.inf)}
-  fwd = {'history': users.history[:num_users], 'cand': cand, 'valid': valid}
-  old_logp, old_values = _policy(result.params, fwd, result.cfg)
-  trie = trie_lib.build_trie(data.item_codes, data.num_codes)
-
-  def pg_grad(target):
-    batch = {'target': target, 'target_item': users.target_item[:num_users]}
-    scored = jax.jit(lambda: loop.score_rollout(ro, batch, old_values, trie, None, settings))()
-    loss_batch = dict(fwd, old_logp=old_logp, group_adv=scored['group_adv'],
-                      sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'])
-    return _pg_grad(result.params, loss_batch, result.cfg), scored
-
-  no_hit = np.full((num_users, 3), data.num_codes, np.int32)  # code K exists nowhere
-  grads, scored = pg_grad(no_hit)
-  assert not np.asarray(scored['group_adv']).any() and not np.asarray(scored['sibling_adv']).any()
-  chex.assert_trees_all_equal(grads, jax.tree.map(jnp.zeros_like, grads))
-  # Control: the same groups with a hit (each user's second candidate) have a gradient.
-  grads, scored = pg_grad(cand[:, 1])
-  assert np.asarray(scored['group_adv']).any() and np.asarray(scored['sibling_adv']).any()
-  assert float(optax.tree.norm(grads)) > 1e-3
-
-
-def test_candidate_log_probs_equal_teacher_forcing(setup):
-  data, config, result = setup
-  rng = np.random.default_rng(1)
-  cand = data.item_codes[rng.choice(data.num_items, (4, 8))]
-  valid = rng.random((4, 8)) < 0.8
-  cand = np.where(valid[..., None], cand, -1)
-  history = data.history_codes('train')[:4]
-  logp, values = _policy(result.params, {'history': history, 'cand': cand, 'valid': valid},
-                         result.cfg)
-  flat = np.maximum(cand, 0).reshape(32, 3)
-  ref_lp, ref_v = jax.jit(decoder.forward_train, static_argnums=1)(
-      result.params, result.cfg, np.repeat(history, 8, axis=0), flat)
-  ref_lp = np.take_along_axis(np.asarray(ref_lp), flat[..., None], -1)[..., 0].reshape(4, 8, 3)
-  ref_v = np.asarray(ref_v).reshape(4, 8, 4)
-  np.testing.assert_allclose(logp, np.where(valid[..., None], ref_lp, 0), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(values, np.where(valid[..., None], ref_v, 0), rtol=1e-5, atol=1e-5)
-  assert np.all(np.asarray(logp)[valid] < 0)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _policy(params, batch, cfg):
-  return loop.candidate_log_probs(params, batch, cfg=cfg)
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _pg_grad(params, loss_batch, cfg):
-  """Gradient of the policy-gradient terms only (GRPO + sibling; no KL, no value loss)."""
-  pg_only = update.LossConfig(clip_eps=0.2, w_sib=1.0, kl_beta=0.0, w_value=0.0)
-  policy_fn = functools.partial(loop.candidate_log_probs, cfg=cfg)
-  return jax.grad(lambda p: update.rl_loss(p, params, loss_batch, policy_fn, pg_only)[0])(params)
-
-
-def test_config_validation():
-  config = tiny_config()
-  config.rl.rollout = 'sample'
-  with pytest.raises(ValueError, match='rl.rollout'):
-    loop.validate_config(config.rl)
-  config = tiny_config()
-  config.rl.alpha = 1.5
-  with pytest.raises(ValueError, match='rl.alpha'):
-    loop.validate_config(config.rl)
 
 
 def run_iterations(devices) -> dict:
@@ -233,19 +153,18 @@ def run_iterations(devices) -> dict:
   data = small_data()
   config = tiny_config()
   r = config.rl
-  settings = loop.RlSettings.from_config(r)
+  settings = settings_lib.RlSettings.from_config(r)
   cfg = sft.decoder_config(config, data)
   params = decoder.init_params(cfg, jax.random.key(1))
-  users = loop.UserRows.from_dataset(data, ('train',))
-  mesh = update.make_mesh(devices)
-  programs = loop.make_programs(cfg, settings, mesh, users.history.shape[0] // r.batch_users)
-  trie = update.replicate(trie_lib.build_trie(data.item_codes, data.num_codes), mesh)
-  state = update.replicate(loop.init_state(params, settings, config.seed), mesh)
+  users = batching.UserRows.from_dataset(data, ('train',))
+  mesh = parallel.make_mesh(devices)
+  programs = step_lib.make_programs(cfg, settings, mesh)
+  trie = parallel.replicate(trie_lib.build_trie(data.item_codes, data.num_codes), mesh)
+  state = parallel.replicate(step_lib.init_state(params, settings, config.seed), mesh)
   metrics = []
-  for _ in range(2):
-    rows = loop.batch_rows(users.history.shape[0], r.batch_users, config.seed,
-                           int(state.data_epoch), int(state.data_index))
-    batch = users.batch(rows, mesh)
+  for index in range(2):
+    batch = users.batch(batching.batch_rows(len(users), r.batch_users, config.seed, 0, index),
+                        mesh)
     assert len(batch['history'].sharding.device_set) == len(devices)
     state, m = programs.iteration(state, batch, trie, None)
     metrics.append(jax.device_get(m))

@@ -14,6 +14,8 @@ import pytest
 
 from vstar_jax import default_config
 from vstar_jax.data import synthetic
+from vstar_jax.train import checkpoint as checkpoint_lib
+from vstar_jax.train import run_loop
 from vstar_jax.train import sft
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -60,13 +62,10 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
   c.sft.batch_size, c.sft.epochs, c.sft.warmup_steps, c.sft.valid_beams = 32, 2, 2, 10
   sft.train(c, data, tmp_path, stop_at_step=6)
   c.sft.lr = 1e30          # the resumed run blows up
-  with pytest.raises(sft.TrainingDiverged, match=r'loss is (nan|inf).*last good checkpoint \(step 6\)'):
+  with pytest.raises(run_loop.TrainingDiverged, match=r'loss is (nan|inf).*last good checkpoint \(step 6\)'):
     sft.train(c, data, tmp_path)
-  ckpt = sft.checkpoint_lib.Checkpointer(tmp_path / 'checkpoints' / 'sft', best_metric=sft.BEST_METRIC)
-  template = sft.state_lib.TrainState.create(
-      sft.decoder.init_params(sft.decoder_config(c, data), jax.random.key(0)),
-      sft.state_lib.make_optimizer(1e-3, 1, 10), jax.random.key(0))
-  state, _ = ckpt.restore_latest(template)
+  ckpt = checkpoint_lib.Checkpointer(tmp_path / 'checkpoints' / 'sft', best_metric=sft.BEST_METRIC)
+  state, _ = ckpt.restore_latest(sft.state_template(c, data))
   ckpt.close()
   assert int(state.step) == 6
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vstar_jax.rl import rewards
+from vstar_jax.sid import trie as trie_lib
 
 TARGET = np.array([[1, 2, 3]], np.int32)
 # Hit, L1+L2 match, L1 match, miss.
@@ -118,3 +119,31 @@ def test_value_targets_are_constants_for_the_gradient():
   valid = jnp.ones((1, 1), bool)
   grad = jax.grad(lambda v: jnp.sum(rewards.value_targets(level, v, valid)))(values)
   chex.assert_trees_all_equal(grad, jnp.zeros_like(values))
+
+
+def test_dense_value_targets_by_hand():
+  # One user, target item 0 = SID (1, 2, 3); candidates: the exact hit (item 0), a level-2
+  # match (item 1 = (1, 2, 0)), a level-1 match (item 2 = (1, 0, 0)) and an invalid slot.
+  item_codes = np.array([[1, 2, 3], [1, 2, 0], [1, 0, 0], [0, 0, 0]], np.int32)
+  trie = trie_lib.build_trie(item_codes, 4)
+  cand = np.array([[[1, 2, 3], [1, 2, 0], [1, 0, 0], [-1, -1, -1]]], np.int32)
+  valid = np.array([[True, True, True, False]])
+  target, target_item = item_codes[None, 0], np.array([0], np.int32)
+  emb = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [1.0, 1.0]], np.float32)
+  values = np.arange(16, dtype=np.float32).reshape(1, 4, 4) / 10
+  tcfg = rewards.ValueTargetConfig(weights=(0.3, 0.5, 1.0), gamma=0.9,
+                                          use_item_embeddings=True)
+  got = jax.jit(rewards.dense_value_targets, static_argnums=7)(
+      cand, valid, target, target_item, values, trie, emb, tcfg)
+  # Level rewards: match pays w_l, a miss -w_l * (1 - cos(emb(pred), emb(target))).
+  level = np.array([[0.3, 0.5, 1.0],
+                    [0.3, 0.5, -1.0 * (1 - 0.6)],
+                    [0.3, -0.5 * (1 - 0.0), -1.0 * (1 - 0.0)]])
+  v = values[0]
+  want = np.zeros((4, 4), np.float32)
+  for g in range(3):
+    want[g] = [0.9 * v[g, 1], level[g, 0] + 0.9 * v[g, 2], level[g, 1] + 0.9 * v[g, 3],
+               level[g, 2]]
+  np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(
+      rewards.candidate_items(trie, cand), [[0, 1, 2, -1]])

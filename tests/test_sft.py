@@ -8,6 +8,10 @@ import pytest
 
 from vstar_jax import default_config
 from vstar_jax.data import synthetic
+from vstar_jax.model import layout
+from vstar_jax.eval import validate
+from vstar_jax.sid import trie as trie_lib
+from vstar_jax.train import metrics_log
 from vstar_jax.train import sft
 
 
@@ -78,7 +82,7 @@ def test_item_text_features_stay_frozen_through_training_and_resume(small_data, 
   config.model.item_text_features = True
   config.sft.ema_decay = 0.9
   full = sft.train(config, data, tmp_path / 'full')
-  keys, table = sft.decoder.item_feature_table(data.item_codes, data.num_codes, features)
+  keys, table = layout.item_feature_table(data.item_codes, data.num_codes, features)
   assert full.cfg.item_feature_keys == keys and full.cfg.item_feature_dim == 16
   np.testing.assert_allclose(full.params['item_text'], table, atol=1e-6)  # frozen (EMA rounds)
   sft.train(config, data, tmp_path / 'cut', stop_at_step=3)
@@ -92,23 +96,15 @@ def test_loss_decreases_and_beats_popularity(small_data, tmp_path):
   from vstar_jax import baselines
   config = tiny_config(epochs=6)
   result = sft.train(config, small_data, tmp_path)
-  records = [r for r in sft.metrics_log.MetricsLog(tmp_path).read('sft') if 'loss' in r]
+  records = [r for r in metrics_log.MetricsLog(tmp_path).read('sft') if 'loss' in r]
   assert records[-1]['loss'] < 0.7 * records[0]['loss']
-  trie = sft.trie_lib.build_trie(small_data.item_codes, small_data.num_codes)
+  trie = trie_lib.build_trie(small_data.item_codes, small_data.num_codes)
   rows = np.arange(len(small_data.splits['test']))
-  _, ours = sft.beam_eval(result.params, result.cfg, trie, small_data, 'test', rows, 20, 50)
+  _, ours = validate.beam_eval(result.params, result.cfg, trie, small_data, 'test', rows, 20, 50)
   pop = baselines.most_popular(small_data.splits['train'], small_data.splits['test'],
                                small_data.item_codes, 20)
   hit_pop = np.mean((pop[:, :10] == small_data.target_codes('test')[:, None]).all(-1).any(-1))
   assert ours['HR@10'] > hit_pop + 0.1
-
-
-def test_validation_rows_span_the_split():
-  rows = sft.validation_rows(4532, 1000)
-  assert len(rows) == 1000 and rows[0] == 0 and rows[-1] == 4531
-  assert (np.diff(rows) > 0).all()
-  np.testing.assert_array_equal(sft.validation_rows(50, 0), np.arange(50))
-  np.testing.assert_array_equal(sft.validation_rows(50, 80), np.arange(50))
 
 
 def test_drop_history_items_masks_whole_items_but_never_the_last():

@@ -13,10 +13,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vstar_jax import default_config
+from vstar_jax import parallel
 from vstar_jax import pipeline
-from vstar_jax.rl import loop
-from vstar_jax.train import sft
+from vstar_jax.train import run_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file '
                                           '(configs/amazon.py:industrial, configs/synthetic.py).')
@@ -40,17 +39,17 @@ def main(argv):
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
   try:
-    default_config.validate(config)
+    pipeline.validate(config)
   except ValueError as e:
     logging.error('%s', e)
     sys.exit(f'config error: {e}')
-  loop.initialize_distributed(config.rl)   # multi-host: before anything touches JAX
+  parallel.initialize_distributed(config.rl.distributed)  # multi-host: before anything touches JAX
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(json.dumps(config.to_dict(), indent=1, default=str))
   try:
     pipeline.run(config, workdir)
-  except (ValueError, FileNotFoundError, sft.TrainingDiverged) as e:
+  except (ValueError, FileNotFoundError, run_loop.TrainingDiverged) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 

@@ -22,21 +22,45 @@ import ml_collections
 import numpy as np
 
 from vstar_jax import baselines
+from vstar_jax import default_config
+from vstar_jax.default_config import ConfigError
 from vstar_jax.data import amazon
 from vstar_jax.data import loading
 from vstar_jax.data import synthetic
 from vstar_jax.data import types
-from vstar_jax.decode import beam
+from vstar_jax.decode import search
 from vstar_jax.eval import export
 from vstar_jax.model import decoder
 from vstar_jax.rl import loop
+from vstar_jax.rl import settings as rl_settings
 from vstar_jax.sid import learn
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import checkpoint as checkpoint_lib
 from vstar_jax.train import metrics_log
 from vstar_jax.train import plots
 from vstar_jax.train import sft
-from vstar_jax.train import state as state_lib
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Rejects impossible settings before any work starts, naming the flag (each stage's own checks)."""
+  if c.mode not in default_config.MODES:
+    raise ConfigError('mode', f'{c.mode!r} is not one of {default_config.MODES}')
+  loading.validate_config(c)
+  learn.validate_config(c.sid)
+  if c.model.d_model % c.model.num_heads:
+    raise ConfigError('model.d_model', f'{c.model.d_model} is not divisible by '
+                      f'model.num_heads={c.model.num_heads}')
+  sft.validate_config(c.sft)
+  rl_settings.validate_config(c.rl)
+  if c.eval.num_beams < 1:
+    raise ConfigError('eval.num_beams', f'must be >= 1, got {c.eval.num_beams}')
+  if c.eval.batch_size < 1:
+    raise ConfigError('eval.batch_size', f'must be >= 1, got {c.eval.batch_size}')
+  if c.eval.split not in ('train', 'valid', 'test'):
+    raise ConfigError('eval.split', f'{c.eval.split!r} is not train, valid or test')
+  for name in c.baseline.names:
+    if name not in baselines.BASELINES:
+      raise ConfigError('baseline.names', f'unknown baseline {name!r}')
 
 
 def eval_dir(workdir: pathlib.Path, stage: str, split: str) -> pathlib.Path:
@@ -136,7 +160,7 @@ def evaluate_params(config, workdir, dataset, params, cfg, stage: str, extra=Non
   rows = eval_rows(config, len(dataset.splits[split]))
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
   start = time.time()
-  codes, _ = beam.beam_search_split(params, cfg, trie, dataset.history_codes(split)[rows],
+  codes, _ = search.beam_search_split(params, cfg, trie, dataset.history_codes(split)[rows],
                                     config.eval.num_beams, config.eval.batch_size)
   wall = time.time() - start
   if not np.asarray(trie_lib.is_valid_sid(trie, np.maximum(codes, 0)) | (codes < 0).any(-1)).all():
@@ -179,20 +203,20 @@ def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage:
   if not directory.exists():
     return None
   cfg = sft.decoder_config(config, dataset)
-  if stage == loop.STAGE:
-    params = loop.restore_best_params(workdir, decoder.init_params(cfg, jax.random.key(0)))
-    return None if params is None else (params, cfg)
-  template = sft.initial_state(cfg, state_lib.make_optimizer(1e-3, 0, 2), jax.random.key(0),
-                               jax.random.key(0), config.sft.ema_decay)
-  ckpt = checkpoint_lib.Checkpointer(directory, best_metric=sft.BEST_METRIC)
   try:
-    restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
+    if stage == loop.STAGE:
+      params = loop.restore_best_params(config, workdir, decoder.init_params(cfg, jax.random.key(0)))
+      return None if params is None else (params, cfg)
+    ckpt = checkpoint_lib.Checkpointer(directory, best_metric=sft.BEST_METRIC)
+    template = sft.state_template(config, dataset)
+    try:
+      restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
+    finally:
+      ckpt.close()
   except RuntimeError as e:
-    raise ValueError(f'{directory}: the SFT checkpoints do not match this config (model size, SIDs '
+    raise ValueError(f'{directory}: the checkpoints do not match this config (model size, SIDs '
                      f'or --config.sft.ema_decay={config.sft.ema_decay} differ from the run that '
                      f'wrote them): {e}') from e
-  finally:
-    ckpt.close()
   return None if restored is None else (sft.eval_params(restored[0]), cfg)
 
 
@@ -237,7 +261,7 @@ def run_recommend(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
   history = np.where((item_rows >= 0)[..., None], dataset.item_codes[np.maximum(item_rows, 0)], -1)
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
   top_n = config.recommend.top_n
-  codes, scores = beam.beam_search(params, cfg, trie, np.asarray(history, np.int32), max(top_n, 1))
+  codes, scores = search.beam_search(params, cfg, trie, np.asarray(history, np.int32), max(top_n, 1))
   nodes = np.asarray(trie_lib.lookup(trie, np.maximum(np.asarray(codes), 0)))
   out = []
   for row, user_items in enumerate(item_rows):
@@ -273,14 +297,15 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
     run_sft(config, workdir, dataset)
     restored = restore_params(config, workdir, dataset, sft.STAGE)
   sft_params, cfg = restored
+  item_emb = item_embeddings(config, dataset)[0] if config.rl.use_item_embeddings else None
   start = time.time()
-  result = loop.train(config, dataset, workdir, sft_params, cfg)
+  result = loop.train(config, dataset, workdir, sft_params, cfg, item_emb=item_emb)
   train_wall = time.time() - start
   plot_stage(workdir, loop.STAGE, ['loss', 'reward_mean', 'rollout_hit', 'kl', 'valid_NDCG@10'])
   r = config.rl
   extra = {'rl_wall_s': train_wall, 'rl_steps': result.steps, 'seed': config.seed,
            'rollout': r.rollout, 'w_sib': r.w_sib, 'reward': r.reward, 'group_size': r.group_size,
-           'ved_multiplier': r.ved_multiplier, 'best_valid_NDCG@10': result.best_valid.get(loop.BEST_METRIC),
+           'ved_multiplier': r.ved.multiplier, 'best_valid_NDCG@10': result.best_valid.get(loop.BEST_METRIC),
            'best_step': result.best_step}
   if result.final_params is not None and result.best_step != result.steps:
     # The kept policy is an earlier step (step 0 = the SFT policy when RL never beat it on

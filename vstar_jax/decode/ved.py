@@ -98,15 +98,16 @@ class VedConfig:
   unbudgeted_stage1: bool = False
 
   def __post_init__(self):
-    if self.width < 1:
-      raise ValueError(f'VedConfig.width must be >= 1, got {self.width}')
-    if self.multiplier < 1:
-      raise ValueError(f'VedConfig.multiplier must be >= 1, got {self.multiplier}')
-    if self.group_size < 1:
-      raise ValueError(f'VedConfig.group_size must be >= 1, got {self.group_size}')
-    if self.leaf_ranking not in _LEAF_RANKINGS:
-      raise ValueError(f'VedConfig.leaf_ranking must be one of {_LEAF_RANKINGS}, '
-                       f'got {self.leaf_ranking!r}')
+    def check(name, ok, message):
+      if not ok:
+        error = ValueError(f'{name} {message}, got {getattr(self, name)!r}')
+        error.field = name
+        raise error
+    check('width', self.width >= 1, 'must be >= 1')
+    check('multiplier', self.multiplier >= 1, 'must be >= 1: the budget m*(1+(L-1)*w) may not '
+          'be below the stage-1 base budget')
+    check('group_size', self.group_size >= 1, 'must be >= 1')
+    check('leaf_ranking', self.leaf_ranking in _LEAF_RANKINGS, f'must be one of {_LEAF_RANKINGS}')
 
 
 def base_budget(num_levels: int, width: int) -> int:

@@ -1,22 +1,11 @@
 """Decoder-only transformer over SID code tokens: the policy that V-STAR trains.
 
-Sequence layout (one user):
-  prompt  = [BOS, item_0 codes, ..., item_{T-1} codes]   P = 1 + T*L tokens
-  suffix  = [SEP, c_0, ..., c_{L-1}]                     L + 1 tokens
-Histories are left-padded (most recent item at T-1); padded items become PAD
-tokens whose keys are masked out of attention. The hidden state at suffix index d
-predicts the level-d code (output head restricted to that level's K codes) and
-gives V(prefix of length d) through the value head.
-
-Token id of (level l, code c) is NUM_SPECIAL + l*K + c. Every token also gets a
-SID-level embedding (l, or L for specials) and a recency embedding (0 for the
-suffix, i.e. the next item; T - t for history slot t, so 1 is the most recent;
-max_history + 1 for BOS). Recency instead of absolute slot index makes the
-output independent of how much left padding a history carries.
-
-Decoding shares one prompt KV cache per user across all beams: attention of a
-beam's query is a single softmax over the prompt keys [B, P] and that beam's own
-suffix keys [B, W, S], so the prompt is never copied per beam.
+The hidden state at suffix index d (model.layout: prompt [BOS, history codes], suffix
+[SEP, c_0 .. c_{L-1}]) predicts the level-d code (output head restricted to that level's
+K codes) and gives V(prefix of length d) through the value head. Embeddings: token +
+SID level + recency, plus (optional) two hashed item-identity tables and a projected
+frozen item-feature table. Decoding prefills the prompt once per user and shares its KV
+cache across beams and tree nodes (model.attention).
 """
 
 from __future__ import annotations
@@ -24,16 +13,14 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vstar_jax.model import attention
+from vstar_jax.model import layout
 from vstar_jax.model import value_head
-
-PAD, BOS, SEP, EOS = 0, 1, 2, 3  # EOS is reserved: SIDs have a fixed length L.
-NUM_SPECIAL = 4
-_NEG = -1e30
+from vstar_jax.model.layout import BOS, NUM_SPECIAL, PAD, SEP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,179 +86,6 @@ class DecoderConfig:
     return 1 + self.max_history * self.num_levels
 
 
-@flax.struct.dataclass
-class PromptCache:
-  """Per-layer keys/values of the prompt, computed once per user.
-
-  Attributes:
-    k, v: [num_layers, B, P, H, Dh].
-    mask: [B, P] bool, False at PAD keys.
-  """
-  k: jnp.ndarray
-  v: jnp.ndarray
-  mask: jnp.ndarray
-
-
-@flax.struct.dataclass
-class SuffixCache:
-  """Per-layer keys/values of the suffix tokens each beam has fed so far.
-
-  It grows by one slot per decode_step (slot d holds SEP for d = 0, else c_{d-1}),
-  so reordering beams never moves empty slots.
-
-  Attributes:
-    k, v: [num_layers, B, W, S, H, Dh], S = number of decode steps taken.
-  """
-  k: jnp.ndarray
-  v: jnp.ndarray
-
-
-def code_tokens(cfg: DecoderConfig, codes: jnp.ndarray, levels: jnp.ndarray) -> jnp.ndarray:
-  """Token ids of codes [...] at SID levels [...] (broadcast); PAD where code < 0."""
-  return jnp.where(codes >= 0, NUM_SPECIAL + levels * cfg.num_codes + codes, PAD).astype(jnp.int32)
-
-
-_HASH_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)
-
-
-def item_hashes(cfg: DecoderConfig, history: jnp.ndarray) -> jnp.ndarray:
-  """Two hash buckets in [1, item_hash_buckets] per history item: [B, T, L] -> [2, B, T] (0 = no item)."""
-  out = []
-  for multiplier in _HASH_MULTIPLIERS:
-    x = jnp.zeros(history.shape[:-1], jnp.uint32)
-    for level in range(history.shape[-1]):
-      x = (x ^ (history[..., level] + 1).astype(jnp.uint32)) * jnp.uint32(multiplier)
-      x = x ^ (x >> 15)
-    bucket = (x % jnp.uint32(cfg.item_hash_buckets)).astype(jnp.int32) + 1
-    out.append(jnp.where(history[..., 0] >= 0, bucket, 0))
-  return jnp.stack(out)
-
-
-def sid_keys(codes, num_codes: int):
-  """One uint32 key per SID: codes [..., L] -> [...], the SID read as a base-K number.
-
-  Works on numpy and jax arrays alike (the key table is built with numpy).
-  """
-  xp = jnp if isinstance(codes, jax.Array) else np
-  key = xp.zeros(codes.shape[:-1], xp.uint32)
-  for level in range(codes.shape[-1]):
-    key = key * xp.uint32(num_codes) + xp.maximum(codes[..., level], 0).astype(xp.uint32)
-  return key
-
-
-def item_feature_table(item_codes, num_codes: int, features):
-  """(sorted SID keys, table [N, E]) for the frozen item-feature input.
-
-  Args:
-    item_codes: [I, L] int item SIDs.
-    num_codes: K.
-    features: [I, E] float per-item features (row i = item i).
-
-  Items that share a SID (shipped SIDs have a few such groups) share one row: the
-  mean of their features.
-  """
-  item_codes, features = np.asarray(item_codes), np.asarray(features, np.float32)
-  if features.ndim != 2 or features.shape[0] != item_codes.shape[0]:
-    raise ValueError(f'item features of shape {features.shape} do not match {item_codes.shape[0]} items')
-  keys, inverse = np.unique(sid_keys(item_codes, num_codes), return_inverse=True)
-  table = np.zeros((len(keys), features.shape[1]), np.float32)
-  np.add.at(table, inverse.reshape(-1), features)
-  table /= np.bincount(inverse.reshape(-1), minlength=len(keys))[:, None]
-  return tuple(int(k) for k in keys), table
-
-
-def _prompt_inputs(cfg: DecoderConfig, history: jnp.ndarray):
-  """history [B, T, L] -> tokens [B, P], level ids [P], recency ids [P]."""
-  batch, num_items, num_levels = history.shape
-  if num_items > cfg.max_history or num_levels != cfg.num_levels:
-    raise ValueError(f'history shape {history.shape} does not fit T<={cfg.max_history}, '
-                     f'L={cfg.num_levels}')
-  items = code_tokens(cfg, history, jnp.arange(num_levels)).reshape(batch, num_items * num_levels)
-  tokens = jnp.concatenate([jnp.full((batch, 1), BOS, jnp.int32), items], axis=1)
-  levels = jnp.concatenate([jnp.array([num_levels]), jnp.tile(jnp.arange(num_levels), num_items)])
-  recency = jnp.concatenate([jnp.array([cfg.max_history + 1]),
-                             jnp.repeat(num_items - jnp.arange(num_items), num_levels)])
-  return tokens, levels, recency
-
-
-def _suffix_inputs(cfg: DecoderConfig, codes: jnp.ndarray):
-  """codes [..., S-1] (the codes fed after SEP) -> tokens [..., S], level ids [S]."""
-  num_fed = codes.shape[-1]
-  sep = jnp.full(codes.shape[:-1] + (1,), SEP, jnp.int32)
-  tokens = jnp.concatenate([sep, code_tokens(cfg, codes, jnp.arange(num_fed))], axis=-1)
-  levels = jnp.concatenate([jnp.array([cfg.num_levels]), jnp.arange(num_fed)])
-  return tokens, levels
-
-
-def _attention(q, k, v, mask):
-  """Masked softmax attention. q [B, Q, H, Dh], k/v [B, S, H, Dh], mask [B, Q, S]."""
-  logits = jnp.einsum('bqhd,bshd->bhqs', q, k, preferred_element_type=jnp.float32)
-  logits = jnp.where(mask[:, None], logits * q.shape[-1] ** -0.5, _NEG)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum('bhqs,bshd->bqhd', weights, v)
-
-
-def _shared_prompt_attention(q, prompt_k, prompt_v, prompt_mask, suffix_k, suffix_v, suffix_mask):
-  """One softmax over shared prompt keys and per-beam suffix keys.
-
-  Args:
-    q: [B, W, Q, H, Dh] queries of Q new suffix tokens per beam.
-    prompt_k, prompt_v: [B, P, H, Dh], shared by the W beams of a user.
-    prompt_mask: [B, P] bool.
-    suffix_k, suffix_v: [B, W, S, H, Dh], each beam's own suffix.
-    suffix_mask: [Q, S] bool (causal within the suffix).
-
-  Returns:
-    [B, W, Q, H, Dh].
-  """
-  scale = q.shape[-1] ** -0.5
-  to_prompt = jnp.einsum('bwqhd,bphd->bwhqp', q, prompt_k, preferred_element_type=jnp.float32)
-  to_suffix = jnp.einsum('bwqhd,bwshd->bwhqs', q, suffix_k, preferred_element_type=jnp.float32)
-  to_prompt = jnp.where(prompt_mask[:, None, None, None, :], to_prompt * scale, _NEG)
-  to_suffix = jnp.where(suffix_mask, to_suffix * scale, _NEG)
-  weights = jax.nn.softmax(jnp.concatenate([to_prompt, to_suffix], axis=-1), axis=-1)
-  weights = weights.astype(prompt_v.dtype)
-  num_prompt = prompt_k.shape[1]
-  return (jnp.einsum('bwhqp,bphd->bwqhd', weights[..., :num_prompt], prompt_v)
-          + jnp.einsum('bwhqs,bwshd->bwqhd', weights[..., num_prompt:], suffix_v))
-
-
-class Block(nn.Module):
-  """Pre-norm transformer block; attention itself is done by the caller."""
-  cfg: DecoderConfig
-
-  def setup(self):
-    cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
-    init = nn.initializers.normal(0.02)
-    out_init = nn.initializers.normal(0.02 / (2 * cfg.num_layers) ** 0.5)
-    heads = (cfg.num_heads, cfg.head_dim)
-    self.attn_norm = nn.RMSNorm(dtype=dtype)
-    self.query = nn.DenseGeneral(heads, use_bias=False, dtype=dtype, kernel_init=init)
-    self.key_value = nn.DenseGeneral((2,) + heads, use_bias=False, dtype=dtype, kernel_init=init)
-    self.attn_out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=False, dtype=dtype,
-                                    kernel_init=out_init)
-    self.mlp_norm = nn.RMSNorm(dtype=dtype)
-    self.mlp_in = nn.Dense(cfg.d_ff, dtype=dtype, kernel_init=init)
-    self.mlp_out = nn.Dense(cfg.d_model, dtype=dtype, kernel_init=out_init)
-    self.drop = nn.Dropout(cfg.dropout)
-
-  def keys_values(self, x):
-    """x [..., D] -> k, v [..., H, Dh]."""
-    kv = self.key_value(self.attn_norm(x))
-    return kv[..., 0, :, :], kv[..., 1, :, :]
-
-  def queries(self, x):
-    """x [..., D] -> q [..., H, Dh]."""
-    return self.query(self.attn_norm(x))
-
-  def update(self, x, attended, deterministic: bool):
-    """Residual attention output + residual GELU MLP. attended [..., H, Dh]."""
-    x = x + self.drop(self.attn_out(attended), deterministic=deterministic)
-    y = self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
-    return x + self.drop(y, deterministic=deterministic)
-
-
 class Decoder(nn.Module):
   """The transformer; its methods are the passes used by training and decoding."""
   cfg: DecoderConfig
@@ -290,7 +104,7 @@ class Decoder(nn.Module):
       self.item_text = self.param('item_text', nn.initializers.zeros,
                                   (len(cfg.item_feature_keys), cfg.item_feature_dim))
       self.item_text_proj = nn.Dense(cfg.d_model, use_bias=False, kernel_init=init)
-    self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
+    self.blocks = [attention.Block(cfg) for _ in range(cfg.num_layers)]
     self.final_norm = nn.RMSNorm(dtype=jnp.dtype(cfg.dtype))
     if not cfg.tie_embeddings:
       self.head = self.param('head', init, (cfg.num_levels, cfg.num_codes, cfg.d_model))
@@ -300,7 +114,7 @@ class Decoder(nn.Module):
   def _embed(self, tokens, levels, recency, deterministic: bool, history=None):
     x = self.token_embed(tokens) + self.level_embed(levels) + self.recency_embed(recency)
     if history is not None and self.cfg.item_hash_buckets:
-      buckets = item_hashes(self.cfg, history)                        # [2, B, T]
+      buckets = layout.item_hashes(self.cfg, history)                        # [2, B, T]
       per_item = self.item_embed_a(buckets[0]) + self.item_embed_b(buckets[1])  # [B, T, D]
       per_token = jnp.repeat(per_item, self.cfg.num_levels, axis=1)  # [B, T*L, D]
       x = x.at[:, 1:1 + per_token.shape[1]].add(per_token)
@@ -312,7 +126,7 @@ class Decoder(nn.Module):
   def _item_features(self, history):
     """history [B, T, L] -> [B, T, D] projected frozen features (0 for PAD / unknown SIDs)."""
     keys = jnp.asarray(self.cfg.item_feature_keys, jnp.uint32)              # [N]
-    query = sid_keys(history, self.cfg.num_codes)                           # [B, T]
+    query = layout.sid_keys(history, self.cfg.num_codes)                           # [B, T]
     row = jnp.clip(jnp.searchsorted(keys, query), 0, keys.shape[0] - 1)
     found = (keys[row] == query) & (history[..., 0] >= 0)
     features = jax.lax.stop_gradient(self.item_text)[row] * found[..., None]
@@ -335,8 +149,8 @@ class Decoder(nn.Module):
   def teacher_forced(self, history, target, deterministic: bool):
     """Teacher-forced full-sequence pass -> log-probs [B, L, K], values [B, L+1]."""
     cfg = self.cfg
-    p_tokens, p_levels, p_recency = _prompt_inputs(cfg, history)
-    s_tokens, s_levels = _suffix_inputs(cfg, target)
+    p_tokens, p_levels, p_recency = layout.prompt_inputs(cfg, history)
+    s_tokens, s_levels = layout.suffix_inputs(cfg, target)
     tokens = jnp.concatenate([p_tokens, s_tokens], axis=1)
     levels = jnp.concatenate([p_levels, s_levels])
     recency = jnp.concatenate([p_recency, jnp.zeros_like(s_levels)])
@@ -346,15 +160,15 @@ class Decoder(nn.Module):
     x = self._embed(tokens, levels, recency, deterministic, history)
     for block in self.blocks:
       k, v = block.keys_values(x)
-      x = block.update(x, _attention(block.queries(x), k, v, mask), deterministic)
+      x = block.update(x, attention.attention(block.queries(x), k, v, mask), deterministic)
     h = self.final_norm(x[:, p_tokens.shape[1]:])
     logits = jnp.einsum('bld,lkd->blk', h[:, :cfg.num_levels],
                         self._head_weights().astype(h.dtype))
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), self.value_head(h)
 
-  def prefill(self, history) -> PromptCache:
+  def prefill(self, history) -> attention.PromptCache:
     """Prompt keys/values of every layer; the last layer's prompt outputs are never read."""
-    tokens, levels, recency = _prompt_inputs(self.cfg, history)
+    tokens, levels, recency = layout.prompt_inputs(self.cfg, history)
     key_mask = tokens != PAD
     mask = jnp.tril(jnp.ones((tokens.shape[1],) * 2, bool))[None] & key_mask[:, None, :]
     x = self._embed(tokens, levels, recency, deterministic=True, history=history)
@@ -364,14 +178,14 @@ class Decoder(nn.Module):
       ks.append(k)
       vs.append(v)
       if i + 1 < len(self.blocks):
-        x = block.update(x, _attention(block.queries(x), k, v, mask), deterministic=True)
-    return PromptCache(k=jnp.stack(ks), v=jnp.stack(vs), mask=key_mask)
+        x = block.update(x, attention.attention(block.queries(x), k, v, mask), deterministic=True)
+    return attention.PromptCache(k=jnp.stack(ks), v=jnp.stack(vs), mask=key_mask)
 
-  def suffix(self, prompt: PromptCache, past_k, past_v, tokens, levels):
+  def suffix(self, prompt: attention.PromptCache, past_k, past_v, tokens, levels):
     """Runs Q new suffix tokens per beam after S0 cached ones.
 
     Args:
-      prompt: the users' PromptCache.
+      prompt: the users' attention.PromptCache.
       past_k, past_v: [num_layers, B, W, S0, H, Dh] keys/values of earlier suffix tokens.
       tokens: [B, W, Q] int32 new tokens (suffix indices S0 .. S0+Q-1).
       levels: [Q] int32 their SID-level ids.
@@ -391,28 +205,28 @@ class Decoder(nn.Module):
       k, v = k.reshape(beams + k.shape[-2:]), v.reshape(beams + v.shape[-2:])
       all_k.append(jnp.concatenate([past_k[i], k], axis=2))
       all_v.append(jnp.concatenate([past_v[i], v], axis=2))
-      attended = _shared_prompt_attention(block.queries(x).reshape(k.shape), prompt.k[i],
+      attended = attention.shared_prompt_attention(block.queries(x).reshape(k.shape), prompt.k[i],
                                           prompt.v[i], prompt.mask, all_k[i], all_v[i], mask)
       x = block.update(x, attended.reshape(x.shape[:1] + k.shape[-2:]), deterministic=True)
     return x.reshape(beams + x.shape[-1:]), jnp.stack(all_k), jnp.stack(all_v)
 
-  def decode(self, prompt: PromptCache, cache: SuffixCache, codes_prev, level: int):
+  def decode(self, prompt: attention.PromptCache, cache: attention.SuffixCache, codes_prev, level: int):
     """One incremental step at suffix index `level` (static) for every beam."""
     if level == 0:
       tokens = jnp.full(codes_prev.shape + (1,), SEP, jnp.int32)
       levels = jnp.array([self.cfg.num_levels])
     else:
-      tokens = code_tokens(self.cfg, codes_prev, level - 1)[..., None]
+      tokens = layout.code_tokens(self.cfg, codes_prev, level - 1)[..., None]
       levels = jnp.array([level - 1])
     hidden, k, v = self.suffix(prompt, cache.k, cache.v, tokens, levels)
     log_probs, values = self._outputs(hidden[:, :, 0], level)
-    return log_probs, values, SuffixCache(k=k, v=v)
+    return log_probs, values, attention.SuffixCache(k=k, v=v)
 
-  def prefix(self, prompt: PromptCache, prefix, depth):
+  def prefix(self, prompt: attention.PromptCache, prefix, depth):
     """Next-level log-probs [B, W, K] and V [B, W] for prefixes [B, W, L] of depth [B, W]."""
     cfg = self.cfg
-    tokens, levels = _suffix_inputs(cfg, prefix)
-    empty = init_suffix_cache(cfg, *tokens.shape[:2])
+    tokens, levels = layout.suffix_inputs(cfg, prefix)
+    empty = attention.init_suffix_cache(cfg, *tokens.shape[:2])
     hidden, _, _ = self.suffix(prompt, empty.k, empty.v, tokens, levels)
     h = jnp.take_along_axis(hidden, depth[..., None, None], axis=2)[:, :, 0]
     h = self.final_norm(h)
@@ -463,25 +277,12 @@ def forward_train(params, cfg: DecoderConfig, history, target, *, rng=None, trai
                             method=Decoder.teacher_forced, rngs=rngs)
 
 
-def prefill(params, cfg: DecoderConfig, history) -> PromptCache:
+def prefill(params, cfg: DecoderConfig, history) -> attention.PromptCache:
   """Prompt KV cache for history [B, T, L], computed once per user."""
   return Decoder(cfg).apply({'params': params}, history, method=Decoder.prefill)
 
 
-def init_suffix_cache(cfg: DecoderConfig, batch: int, width: int) -> SuffixCache:
-  """Empty per-beam suffix cache: k, v [num_layers, B, W, 0, H, Dh]."""
-  shape = (cfg.num_layers, batch, width, 0, cfg.num_heads, cfg.head_dim)
-  zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
-  return SuffixCache(k=zeros, v=zeros)
-
-
-def reorder_suffix_cache(cache: SuffixCache, parent: jnp.ndarray) -> SuffixCache:
-  """Beam w' of the result copies beam parent[b, w'] (parent [B, W'] int32, any W')."""
-  index = parent[None, :, :, None, None, None]
-  return jax.tree.map(lambda x: jnp.take_along_axis(x, index, axis=2), cache)
-
-
-def decode_step(params, cfg: DecoderConfig, prompt_cache: PromptCache, suffix_cache: SuffixCache,
+def decode_step(params, cfg: DecoderConfig, prompt_cache: attention.PromptCache, suffix_cache: attention.SuffixCache,
                 codes_prev, level: int):
   """Feeds suffix index `level` (SEP at 0, else the level-1 code) for every beam.
 
@@ -506,7 +307,7 @@ def decode_step(params, cfg: DecoderConfig, prompt_cache: PromptCache, suffix_ca
                             method=Decoder.decode)
 
 
-def prefix_forward(params, cfg: DecoderConfig, prompt_cache: PromptCache, prefix, depth):
+def prefix_forward(params, cfg: DecoderConfig, prompt_cache: attention.PromptCache, prefix, depth):
   """One backbone forward per tree node (VED): recomputes the short suffix.
 
   Args:

@@ -1,16 +1,25 @@
-"""Rewards for a group of candidate SIDs (MiniOneRec rule / ranking, V-STAR dense prefix).
+"""Rewards of a group of candidate SIDs and the value head's TD targets (docs/method.md, Rewards).
 
-All functions are pure jnp over fixed shapes: a group is G candidates of one user,
-`cand: [B, G, L] int32`, with `valid: [B, G] bool` marking real candidates (VED may
-return fewer than G leaves; padding is never rewarded and never counted).
+MiniOneRec's `rule` and `ranking` rewards, V-STAR's dense per-level `prefix` reward (paper
+Sec. 4.1) and the TD targets built from it. All functions are pure jnp over fixed shapes: a
+group is G candidates of one user, `cand: [B, G, L] int32`, with `valid: [B, G] bool`
+marking real candidates (VED may return fewer than G leaves; padding is never rewarded and
+never counted).
+
+REWARDS maps each `--config.rl.reward` name to a function of one signature,
+`reward(rollout, batch, trie, item_emb, tcfg) -> [B, G] float32`, so a new reward is one
+function and one registry entry.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from vstar_jax.sid import trie as trie_lib
 
 PREFIX_WEIGHTS = (0.3, 0.5, 1.0)
 GAMMA = 0.99
@@ -157,3 +166,68 @@ def value_targets(level_rewards: jnp.ndarray, values: jnp.ndarray, valid: jnp.nd
                                level_rewards.astype(jnp.float32)], -1)
   targets = collected + gamma * jnp.concatenate([bootstrap[..., :1], next_value], -1)
   return targets * valid[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueTargetConfig:
+  """How the dense prefix reward and the value targets are built (static).
+
+  Attributes:
+    weights: per-level prefix reward weights w_l.
+    gamma: TD discount.
+    use_item_embeddings: a miss at level l costs -w_l * (1 - cos(emb(pred), emb(target)))
+      instead of 0 (needs item embeddings).
+  """
+  weights: tuple = PREFIX_WEIGHTS
+  gamma: float = GAMMA
+  use_item_embeddings: bool = False
+
+
+def candidate_items(trie: trie_lib.Trie, cand: jnp.ndarray) -> jnp.ndarray:
+  """Item id of each candidate SID [B, G, L] -> [B, G] int32 (first of a collision group; -1 if none)."""
+  node = trie_lib.lookup(trie, cand)
+  return jnp.where(node >= 0, trie.leaf_items[jnp.maximum(node, 0), 0], -1)
+
+
+def dense_level_rewards(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarray,
+                        target_item: jnp.ndarray, trie: trie_lib.Trie,
+                        item_emb: Optional[jnp.ndarray], tcfg: ValueTargetConfig):
+  """prefix_reward of the candidates as configured: (level [B, G, L], total [B, G]).
+
+  Args:
+    cand: [B, G, L] int32; valid: [B, G] bool; target: [B, L] int32;
+    target_item: [B] int32; item_emb: [I, D] or None (required with use_item_embeddings).
+  """
+  if not tcfg.use_item_embeddings:
+    return prefix_reward(cand, valid, target, tcfg.weights)
+  return prefix_reward(cand, valid, target, tcfg.weights, item_emb, candidate_items(trie, cand),
+                       target_item)
+
+
+def dense_value_targets(cand, valid, target, target_item, values, trie, item_emb,
+                        tcfg: ValueTargetConfig) -> jnp.ndarray:
+  """TD targets [B, G, L+1] for V along each candidate's path; `values` [B, G, L+1] bootstrap."""
+  level, _ = dense_level_rewards(cand, valid, target, target_item, trie, item_emb, tcfg)
+  return value_targets(level, values, valid, tcfg.gamma)
+
+
+def _rule(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
+  del trie, item_emb, tcfg
+  return rule_reward(rollout['cand'], rollout['valid'], batch['target'])
+
+
+def _ranking(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
+  del trie, item_emb, tcfg
+  return ranking_reward(rollout['cand'], rollout['valid'], batch['target'], rollout['rank_score'])
+
+
+def _prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
+  return dense_level_rewards(rollout['cand'], rollout['valid'], batch['target'],
+                             batch['target_item'], trie, item_emb, tcfg)[1]
+
+
+# (rollout: cand [B, G, L], valid [B, G], rank_score [B, G]; batch: target [B, L],
+#  target_item [B]; trie; item_emb [I, D] or None; ValueTargetConfig) -> reward [B, G].
+RewardFn = Callable[[dict, dict, trie_lib.Trie, Optional[jnp.ndarray], ValueTargetConfig],
+                    jnp.ndarray]
+REWARDS: dict[str, RewardFn] = {'rule': _rule, 'ranking': _ranking, 'prefix': _prefix}

@@ -6,12 +6,12 @@ params['value_head'] learns (the loss is differentiated w.r.t. that subtree alon
 so the backbone and the policy are frozen) on the candidates of train users,
 regressing V at every node of each candidate's path (depths 0..L) onto one-step
 TD targets built from the dense per-level prefix reward (rewards.prefix_reward,
-gamma = 0.99). The RL loop's value loss uses the same targets (`dense_value_targets`)
-and the same masked mean (update.global_mean), so pretraining and RL optimise one
-objective.
+gamma = 0.99). The RL loop's value loss uses the same targets
+(rewards.dense_value_targets) and the same masked mean (parallel.global_mean), so
+pretraining and RL optimise one objective.
 
 Like the RL iteration, `value_step` runs per device under `jax.shard_map` over the
-'data' axis (users sharded, params replicated, head grads psum-ed as in update.py).
+'data' axis (users sharded, params replicated, head grads psum-ed as in rl.loss).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from vstar_jax import parallel
+from vstar_jax.rl import loss as loss_lib
 from vstar_jax.rl import rewards
-from vstar_jax.rl import update
 from vstar_jax.sid import trie as trie_lib
 
 HEAD = 'value_head'
@@ -37,65 +38,22 @@ HEAD = 'value_head'
 RolloutFn = Callable[..., dict]
 
 
-@dataclasses.dataclass(frozen=True)
-class ValueTargetConfig:
-  """How the value targets are built (static).
-
-  Attributes:
-    weights: per-level prefix reward weights w_l.
-    gamma: TD discount.
-    use_item_embeddings: a miss at level l costs -w_l * (1 - cos(emb(pred), emb(target)))
-      instead of 0 (needs item embeddings).
-  """
-  weights: tuple = rewards.PREFIX_WEIGHTS
-  gamma: float = rewards.GAMMA
-  use_item_embeddings: bool = False
-
-
-def candidate_items(trie: trie_lib.Trie, cand: jnp.ndarray) -> jnp.ndarray:
-  """Item id of each candidate SID [B, G, L] -> [B, G] int32 (first of a collision group; -1 if none)."""
-  node = trie_lib.lookup(trie, cand)
-  return jnp.where(node >= 0, trie.leaf_items[jnp.maximum(node, 0), 0], -1)
-
-
-def dense_level_rewards(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarray,
-                        target_item: jnp.ndarray, trie: trie_lib.Trie,
-                        item_emb: Optional[jnp.ndarray], tcfg: ValueTargetConfig):
-  """rewards.prefix_reward of the candidates: (level [B, G, L], total [B, G]).
-
-  Args:
-    cand: [B, G, L] int32; valid: [B, G] bool; target: [B, L] int32;
-    target_item: [B] int32; item_emb: [I, D] or None (required with use_item_embeddings).
-  """
-  if not tcfg.use_item_embeddings:
-    return rewards.prefix_reward(cand, valid, target, tcfg.weights)
-  return rewards.prefix_reward(cand, valid, target, tcfg.weights, item_emb,
-                               candidate_items(trie, cand), target_item)
-
-
-def dense_value_targets(cand, valid, target, target_item, values, trie, item_emb,
-                        tcfg: ValueTargetConfig) -> jnp.ndarray:
-  """TD targets [B, G, L+1] for V along each candidate's path; `values` [B, G, L+1] bootstrap."""
-  level, _ = dense_level_rewards(cand, valid, target, target_item, trie, item_emb, tcfg)
-  return rewards.value_targets(level, values, valid, tcfg.gamma)
-
-
 def value_mse(values: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
               axis_name: Optional[str]) -> jnp.ndarray:
-  """Mean squared error over the valid candidates' nodes (the value term of update.rl_loss)."""
+  """Mean squared error over the valid candidates' nodes (the value term of rl.loss.rl_loss)."""
   mask = jnp.broadcast_to(valid[..., None], values.shape)
-  return update.global_mean((values - targets) ** 2, mask, axis_name)
+  return parallel.global_mean((values - targets) ** 2, mask, axis_name)
 
 
 def _value_step_shard(params, opt_state, batch, trie, item_emb, key, *, policy_fn, rollout_fn,
-                      tcfg: ValueTargetConfig, optimizer, axis_name: str):
+                      tcfg: rewards.ValueTargetConfig, optimizer, axis_name: str):
   """Per-device: rollout, TD targets from the current V, one Adam step on the value head."""
   rollout = rollout_fn(params, trie, batch['history'], batch['user_index'], key)
   fwd = {'history': batch['history'], 'cand': rollout['cand'], 'valid': rollout['valid']}
 
   def loss_fn(head):
     _, values = policy_fn({**params, HEAD: head}, fwd)
-    targets = dense_value_targets(rollout['cand'], rollout['valid'], batch['target'],
+    targets = rewards.dense_value_targets(rollout['cand'], rollout['valid'], batch['target'],
                                   batch['target_item'], values, trie, item_emb, tcfg)
     return value_mse(values, targets, rollout['valid'], axis_name)
 
@@ -117,7 +75,8 @@ class ValueTrainer:
   optimizer: optax.GradientTransformation
 
 
-def make_value_step(policy_fn: update.PolicyFn, rollout_fn: RolloutFn, tcfg: ValueTargetConfig,
+def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn,
+                    tcfg: rewards.ValueTargetConfig,
                     lr: float, clip_norm: float, mesh: Mesh) -> ValueTrainer:
   """The sharded value step: rollout, TD targets, one clipped-Adam step on the value head.
 
@@ -129,9 +88,9 @@ def make_value_step(policy_fn: update.PolicyFn, rollout_fn: RolloutFn, tcfg: Val
   """
   optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(lr))
   body = functools.partial(_value_step_shard, policy_fn=policy_fn, rollout_fn=rollout_fn,
-                           tcfg=tcfg, optimizer=optimizer, axis_name=update.DATA_AXIS)
+                           tcfg=tcfg, optimizer=optimizer, axis_name=parallel.DATA_AXIS)
   step = jax.jit(jax.shard_map(body, mesh=mesh,
-                               in_specs=(P(), P(), P(update.DATA_AXIS), P(), P(), P()),
+                               in_specs=(P(), P(), P(parallel.DATA_AXIS), P(), P(), P()),
                                out_specs=(P(), P(), P()), check_vma=False))
   return ValueTrainer(step=step, optimizer=optimizer)
 
@@ -150,7 +109,7 @@ def pretrain(trainer: ValueTrainer, params: Any, batches: Iterable[dict], trie: 
     mesh: the mesh of the step (the head's optimizer state is replicated on it).
     log_fn: called as log_fn(step, metrics) with host metrics after each step.
   """
-  opt_state = update.replicate(trainer.optimizer.init(params[HEAD]), mesh)
+  opt_state = parallel.replicate(trainer.optimizer.init(params[HEAD]), mesh)
   losses = []
   for i, batch in enumerate(batches):
     params, opt_state, metrics = trainer.step(params, opt_state, batch, trie, item_emb,

@@ -20,46 +20,28 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vstar_jax import default_config
 from vstar_jax import io
 from vstar_jax.data import sid_strings
 from vstar_jax.sid import codebook
 from vstar_jax.sid import disambiguate
+from vstar_jax.sid import rqvae
 from vstar_jax.sid import text_embedding
 from vstar_jax.sid import trie
 
 METHODS = ('rqvae', 'kmeans')
+SOURCES = ('given', 'learned')
 
 
-def default_sid_config() -> ml_collections.ConfigDict:
-  """Defaults of `config.sid`: 3 levels of 256 codes, balanced residual k-means, collision-free.
-
-  Balanced residual k-means is the default because on both datasets' sentence embeddings
-  it reconstructs them better than the RQ-VAE trained for a CPU-affordable 1500 steps
-  (mean squared error 0.30 vs 0.40 on Industrial, 0.24 vs 0.33 on Office), in ~10 s
-  instead of minutes, with the same near-uniform code use (level-1 perplexity ~250 of
-  256); `method='rqvae'` selects the RQ-VAE (the MiniOneRec / TIGER tokenizer).
-  """
-  c = ml_collections.ConfigDict()
-  c.source = 'learned'  # 'learned': learn our codebook; 'given': keep the dataset's shipped SIDs.
-  c.embedding_path = ''  # A user .npy [num_items, D]; '' = the dataset's sentence embeddings,
-  # else a TF-IDF + SVD embedding of the item text.
-  c.text_dim = 128  # Width of the TF-IDF + SVD fallback embedding.
-  c.method = 'kmeans'  # 'kmeans' (residual k-means on the embeddings) | 'rqvae'.
-  c.num_levels = 3
-  c.codebook_size = 256
-  c.disambiguation = 'reassign'  # 'reassign' (keep L codes) | 'extra_level' (L + 1 codes).
-  c.seed = 0
-  c.kmeans_iters = 20  # Lloyd steps per level (converged by ~12 on the Amazon embeddings).
-  c.sinkhorn_iters = 20  # Balanced-assignment iterations; 0 = nearest code.
-  c.sinkhorn_eps = 0.05
-  c.steps = 1500  # RQ-VAE training steps.
-  c.batch_size = 1024
-  c.lr = 1e-3
-  c.hidden_dims = (512, 256)
-  c.latent_dim = 32
-  c.commitment = 0.25
-  c.reseed_every = 200  # RQ-VAE steps between dead-code re-seeding; 0 = never.
-  return c
+def validate_config(sid: ml_collections.ConfigDict) -> None:
+  """Rejects impossible config.sid settings, naming the flag."""
+  if sid.source not in SOURCES:
+    raise default_config.ConfigError('sid.source', f'{sid.source!r} is not one of {SOURCES}')
+  if sid.method not in METHODS:
+    raise default_config.ConfigError('sid.method', f'{sid.method!r} is not one of {METHODS}')
+  if sid.disambiguation not in disambiguate.METHODS:
+    raise default_config.ConfigError('sid.disambiguation', f'{sid.disambiguation!r} is not one of '
+                                     f'{disambiguate.METHODS}')
 
 
 def codebook_config(cfg: ml_collections.ConfigDict) -> codebook.CodebookConfig:
@@ -185,7 +167,7 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
 
   Args:
     embeddings: [I, D], row i = item i.
-    cfg: `config.sid` (see `default_sid_config`).
+    cfg: `config.sid` (default_config.sid_config).
     workdir: when given, index.json, stats.json and params/ go to `<workdir>/sid/`.
     embedding_source: where the embeddings came from, recorded in stats.json.
     extra_stats: more entries for stats.json (e.g. the shipped SIDs' stats, for comparison).
@@ -195,11 +177,7 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
     the stats dict written to stats.json.
   """
   start = time.time()
-  if cfg.method not in METHODS:
-    raise ValueError(f'config.sid.method={cfg.method!r}; expected one of {METHODS}')
-  if cfg.disambiguation not in disambiguate.METHODS:
-    raise ValueError(f'config.sid.disambiguation={cfg.disambiguation!r}; expected one of '
-                     f'{disambiguate.METHODS}')
+  validate_config(cfg)
   emb = _validate_embeddings(np.asarray(embeddings), 'item embeddings')
   x = jnp.asarray(emb)
   ccfg = codebook_config(cfg)
@@ -208,7 +186,7 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
   if cfg.method == 'kmeans':
     params = {'codebooks': codebook.residual_kmeans(key, x, ccfg, cfg.kmeans_iters)}
   else:
-    params, history = codebook.fit_rqvae(
+    params, history = rqvae.fit_rqvae(
         key, x, ccfg, steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.lr,
         kmeans_iters=cfg.kmeans_iters, reseed_every=cfg.reseed_every)
   raw = codebook.encode(params, x, ccfg)

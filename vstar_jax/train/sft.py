@@ -18,23 +18,36 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from vstar_jax.default_config import ConfigError
+from vstar_jax.data import batching
 from vstar_jax.data import types
-from vstar_jax.decode import beam
-from vstar_jax.eval import metrics as metrics_lib
+from vstar_jax.eval import validate
 from vstar_jax.model import decoder
+from vstar_jax.model import layout
 from vstar_jax.sid import trie as trie_lib
-from vstar_jax.train import checkpoint as checkpoint_lib
 from vstar_jax.train import metrics_log
+from vstar_jax.train import run_loop
 from vstar_jax.train import state as state_lib
 
 STAGE = 'sft'
-BEST_METRIC = 'valid_NDCG@10'
+BEST_METRIC = run_loop.BEST_METRIC
 
 
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN/Inf; the last good checkpoint is kept on disk."""
+def validate_config(s: ml_collections.ConfigDict) -> None:
+  """Rejects impossible config.sft settings, naming the flag."""
+  if s.epochs < 1 or s.batch_size < 1:
+    raise ConfigError('sft.epochs' if s.epochs < 1 else 'sft.batch_size', 'must be >= 1')
+  if not 0 <= s.ema_decay < 1:
+    raise ConfigError('sft.ema_decay', f'must be in [0, 1) (0: off), got {s.ema_decay}')
+  if not 0 <= s.history_dropout < 1:
+    raise ConfigError('sft.history_dropout', f'must be in [0, 1), got {s.history_dropout}')
+  if s.valid_beams < 10:
+    raise ConfigError('sft.valid_beams',
+                      f'must be >= 10 (validation selects by NDCG@10), got {s.valid_beams}')
+  for split in s.train_splits:
+    if split not in ('train', 'valid'):
+      raise ConfigError('sft.train_splits', f'{split!r} is not train or valid')
 
 
 def decoder_config(config: ml_collections.ConfigDict, dataset: types.Dataset) -> decoder.DecoderConfig:
@@ -45,7 +58,7 @@ def decoder_config(config: ml_collections.ConfigDict, dataset: types.Dataset) ->
     if dataset.item_features is None:
       raise ValueError('--config.model.item_text_features=True but the dataset carries no item '
                        'features (load it with pipeline.load_dataset)')
-    keys, dim = decoder.item_feature_table(dataset.item_codes, dataset.num_codes,
+    keys, dim = layout.item_feature_table(dataset.item_codes, dataset.num_codes,
                                            dataset.item_features)[0], dataset.item_features.shape[1]
   return decoder.DecoderConfig(
       num_levels=dataset.num_levels, num_codes=dataset.num_codes, max_history=dataset.max_history,
@@ -135,42 +148,6 @@ def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: floa
   return train_step
 
 
-def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-  """Deterministic shuffle of rows for one epoch (a function of seed and epoch only)."""
-  return np.random.default_rng([seed, epoch]).permutation(num_rows)
-
-
-def training_rows(dataset: types.Dataset, splits) -> tuple[np.ndarray, np.ndarray]:
-  """Histories [N, T, L] and targets [N, L] of the listed splits, concatenated."""
-  history = np.concatenate([dataset.history_codes(s) for s in splits])
-  target = np.concatenate([dataset.target_codes(s) for s in splits])
-  return history, target
-
-
-def validation_rows(num_rows: int, max_rows: int) -> np.ndarray:
-  """Evenly spaced row indices (all rows if max_rows is 0 or large).
-
-  Split files are sorted by target time, so the first rows would be the ones
-  closest to the training period and overstate validation quality.
-  """
-  if not max_rows or max_rows >= num_rows:
-    return np.arange(num_rows)
-  return np.unique(np.linspace(0, num_rows - 1, max_rows).round().astype(np.int64))
-
-
-def beam_eval(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, dataset: types.Dataset,
-              split: str, rows: np.ndarray, num_beams: int, batch_size: int):
-  """Constrained beam search on `rows` of `split` -> (pred codes [N, W, L], metrics)."""
-  codes, _ = beam.beam_search_split(params, cfg, trie, dataset.history_codes(split)[rows], num_beams,
-                                    batch_size)
-  target = dataset.target_codes(split)[rows]
-  match = (codes == target[:, None, :]).all(-1)
-  ranks = np.where(match.any(1), match.argmax(1), metrics_lib.NO_HIT)
-  out = metrics_lib.hr_ndcg(ranks, num_beams)
-  out.update(metrics_lib.level_hits(codes, target))
-  return codes, out
-
-
 def initial_state(cfg: decoder.DecoderConfig, optimizer, init_key: jax.Array, state_key: jax.Array,
                   ema_decay: float, dataset: types.Dataset | None = None) -> state_lib.TrainState:
   """Step-0 state; with ema_decay > 0 it also carries the weight EMA (initialised to the weights).
@@ -181,12 +158,43 @@ def initial_state(cfg: decoder.DecoderConfig, optimizer, init_key: jax.Array, st
   """
   features = None
   if dataset is not None and cfg.item_feature_dim:
-    features = decoder.item_feature_table(dataset.item_codes, dataset.num_codes,
+    features = layout.item_feature_table(dataset.item_codes, dataset.num_codes,
                                           dataset.item_features)[1]
   params = decoder.init_params(cfg, init_key, features)
   # A copy, not an alias: the train step donates the state, and one buffer cannot be donated twice.
   extra = {EMA_KEY: jax.tree.map(jnp.copy, params)} if ema_decay > 0 else None
   return state_lib.TrainState.create(params, optimizer, state_key, extra=extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """How many rows, batches and steps one SFT run takes (a function of the config and data)."""
+  num_rows: int
+  batch_size: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+def schedule(s: ml_collections.ConfigDict, num_rows: int) -> Schedule:
+  """The SFT schedule of `num_rows` training rows under config.sft."""
+  batch_size = min(s.batch_size, num_rows)
+  steps_per_epoch = num_rows // batch_size
+  return Schedule(num_rows, batch_size, steps_per_epoch, steps_per_epoch * s.epochs)
+
+
+def make_optimizer(s: ml_collections.ConfigDict, plan: Schedule):
+  """Clipped AdamW (warmup + cosine over the whole run) of config.sft."""
+  return state_lib.make_optimizer(s.lr, min(s.warmup_steps, plan.total_steps - 1),
+                                  plan.total_steps, s.weight_decay, s.clip_norm, s.b1, s.b2)
+
+
+def state_template(config: ml_collections.ConfigDict, dataset: types.Dataset):
+  """The abstract (shape-only) SFT TrainState a checkpoint of this config restores onto."""
+  cfg = decoder_config(config, dataset)
+  plan = schedule(config.sft, len(batching.UserRows.from_dataset(dataset, config.sft.train_splits)))
+  keys = jax.random.split(jax.random.key(config.seed))
+  return jax.eval_shape(lambda: initial_state(cfg, make_optimizer(config.sft, plan), keys[0],
+                                              keys[1], config.sft.ema_decay))
 
 
 @dataclasses.dataclass
@@ -211,67 +219,45 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   s = config.sft
   cfg = decoder_config(config, dataset)
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  history, target = training_rows(dataset, s.train_splits)
-  num_rows = history.shape[0]
-  batch_size = min(s.batch_size, num_rows)
-  steps_per_epoch = num_rows // batch_size
-  total_steps = steps_per_epoch * s.epochs
-  optimizer = state_lib.make_optimizer(s.lr, min(s.warmup_steps, total_steps - 1), total_steps,
-                                       s.weight_decay, s.clip_norm, s.b1, s.b2)
+  history, target = batching.training_rows(dataset, s.train_splits)
+  plan = schedule(s, history.shape[0])
+  optimizer = make_optimizer(s, plan)
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
-  state = initial_state(cfg, optimizer, init_key, state_key, s.ema_decay, dataset)
-  ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / 'checkpoints' / STAGE,
-                                     max_to_keep=2, keep_best=True, best_metric=BEST_METRIC)
-  log = metrics_log.MetricsLog(workdir)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state = restored[0]
-    logging.info('sft: resumed from step %d (epoch %d, batch %d)', int(state.step),
-                 int(state.data_epoch), int(state.data_index))
-  log.truncate_after(STAGE, int(state.step))
-  valid_split = s.valid_split
-  valid_rows = validation_rows(len(dataset.splits[valid_split]), s.valid_max_rows)
+  run = run_loop.StageRun(workdir, STAGE)
+  state, _ = run.resume(initial_state(cfg, optimizer, init_key, state_key, s.ema_decay, dataset))
+  valid_rows = batching.validation_rows(len(dataset.splits[s.valid_split]), s.valid_max_rows)
   train_step = make_train_step(cfg, optimizer, s.label_smoothing, s.ema_decay, s.history_dropout)
-  progress = metrics_log.Progress('sft', total_steps, start=int(state.step))
-  logging.info('sft: %d rows, batch %d, %d steps/epoch, %d epochs, %d params', num_rows, batch_size,
-               steps_per_epoch, s.epochs, sum(x.size for x in jax.tree.leaves(state.params)))
+  progress = metrics_log.Progress('sft', plan.total_steps, start=int(state.step))
+  logging.info('sft: %d rows, batch %d, %d steps/epoch, %d epochs, %d params', plan.num_rows,
+               plan.batch_size, plan.steps_per_epoch, s.epochs,
+               sum(x.size for x in jax.tree.leaves(state.params)))
   step = int(state.step)
   while int(state.data_epoch) < s.epochs:
     epoch = int(state.data_epoch)
-    order = epoch_order(num_rows, config.seed, epoch)
-    for index in range(int(state.data_index), steps_per_epoch):
-      rows = order[index * batch_size:(index + 1) * batch_size]
+    order = batching.epoch_order(plan.num_rows, config.seed, epoch)
+    for index in range(int(state.data_index), plan.steps_per_epoch):
+      rows = order[index * plan.batch_size:(index + 1) * plan.batch_size]
       state, metrics = train_step(state, history[rows], target[rows])
       state = state.replace(data_index=jnp.int32(index + 1))
       step += 1
-      if step % s.log_every_steps == 0 or index + 1 == steps_per_epoch:
+      if step % s.log_every_steps == 0 or index + 1 == plan.steps_per_epoch:
         metrics = jax.device_get(metrics)
-        if not np.isfinite(metrics['loss']):
-          ckpt.close()
-          raise TrainingDiverged(f'sft: loss is {metrics["loss"]} at step {step}; stopped. The last '
-                                 f'good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}')
-        log.write(STAGE, step, epoch=epoch, **metrics)
+        run.check_finite(step, metrics)
+        run.write(step, epoch=epoch, **metrics)
         progress.update(step, f'loss {metrics["loss"]:.4f}')
       if stop_at_step is not None and step >= stop_at_step:
-        ckpt.save(step, state)
-        ckpt.close()
+        run.save(step, state)
+        run.stop()
         return SftResult(eval_params(state), cfg, {}, step)
-      if s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 and index + 1 < steps_per_epoch:
-        ckpt.save(step, state)
+      if (s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0
+          and index + 1 < plan.steps_per_epoch):
+        run.save(step, state)
     state = state.replace(data_epoch=jnp.int32(epoch + 1), data_index=jnp.int32(0))
-    _, valid = beam_eval(eval_params(state), cfg, trie, dataset, valid_split, valid_rows, s.valid_beams,
-                         config.eval.batch_size)
-    valid = {f'valid_{k}': v for k, v in valid.items()}
-    log.write(STAGE, step, epoch=epoch + 1, **valid)
+    valid = validate.validation_metrics(eval_params(state), cfg, trie, dataset, s.valid_split,
+                                        valid_rows, s.valid_beams, config.eval.batch_size)
+    run.write(step, epoch=epoch + 1, **valid)
     logging.info('sft epoch %d/%d: valid HR@10 %.4f NDCG@10 %.4f', epoch + 1, s.epochs,
-                 valid['valid_HR@10'], valid['valid_NDCG@10'])
-    ckpt.save(step, state, metrics=valid)
-  ckpt.wait()
-  best = ckpt.restore_best(state) if s.keep_best else None
-  final_state, meta = best if best is not None else (state, {})
-  best_step = ckpt.best_step() if best is not None else step
-  ckpt.close()
-  best_valid = next((r for r in log.read(STAGE) if r['step'] == best_step and BEST_METRIC in r), {})
-  logging.info('sft: done; using step %d (valid NDCG@10 %s)', best_step, best_valid.get(BEST_METRIC))
-  del meta
-  return SftResult(eval_params(final_state), cfg, best_valid, step)
+                 valid['valid_HR@10'], valid[BEST_METRIC])
+    run.save(step, state, valid)
+  done = run.finish(state, step, keep_best=s.keep_best)
+  return SftResult(eval_params(done.state), cfg, done.best_valid, step)

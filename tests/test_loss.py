@@ -1,6 +1,6 @@
-"""Tests for vstar_jax.rl.update: loss terms, zero gradient of no-hit groups, sharding.
+"""Tests for vstar_jax.rl.loss: loss terms, zero gradient of no-hit groups, sharding.
 
-Run as a script (`python tests/test_update.py OUT_DIR`) this module performs the
+Run as a script (`python tests/test_loss.py OUT_DIR`) this module performs the
 sharded-vs-single-device comparison on 4 simulated CPU devices and saves the results;
 `test_sharded_update_equals_single_device` starts it in a subprocess because
 XLA_FLAGS must be set before jax initializes.
@@ -18,10 +18,13 @@ import optax
 
 from vstar_jax.rl import advantages
 from vstar_jax.rl import rewards
-from vstar_jax.rl import update
+from jax.sharding import PartitionSpec as P
+
+from vstar_jax import parallel
+from vstar_jax.rl import loss as loss_lib
 
 B, G, L, K, F = 8, 6, 3, 4, 5
-CFG = update.LossConfig(clip_eps=0.2, w_sib=0.7, kl_beta=0.1, w_value=0.5)
+CFG = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.7, kl_beta=0.1, w_value=0.5)
 NUM_STEPS = 3
 
 
@@ -102,7 +105,7 @@ def _loss_reference(params, ref_params, batch, cfg):
 
 def test_rl_loss_matches_reference_terms():
   params, ref_params, batch = make_problem()
-  loss, metrics = jax.jit(update.rl_loss, static_argnums=(3, 4))(
+  loss, metrics = jax.jit(loss_lib.rl_loss, static_argnums=(3, 4))(
       params, ref_params, batch, toy_policy, CFG)
   total, means = _loss_reference(params, ref_params, batch, CFG)
   np.testing.assert_allclose(loss, total, rtol=1e-5)
@@ -115,9 +118,9 @@ def test_rl_loss_matches_reference_terms():
 
 def _pg_grad(params, ref_params, batch, rows):
   """Gradient of the policy-gradient terms (GRPO + sibling) on a subset of users."""
-  cfg = update.LossConfig(clip_eps=0.2, w_sib=1.0, kl_beta=0.0, w_value=0.0)
+  cfg = loss_lib.LossConfig(clip_eps=0.2, w_sib=1.0, kl_beta=0.0, w_value=0.0)
   sub = jax.tree.map(lambda x: x[rows], batch)
-  return jax.jit(jax.grad(lambda p: update.rl_loss(p, ref_params, sub, toy_policy, cfg)[0]))(
+  return jax.jit(jax.grad(lambda p: loss_lib.rl_loss(p, ref_params, sub, toy_policy, cfg)[0]))(
       params)
 
 
@@ -140,7 +143,7 @@ def test_no_hit_group_has_zero_policy_gradient():
 def _reference_updates(params, ref_params, batch, optimizer):
   """Plain (unsharded, un-shard_mapped) steps: the single-device ground truth."""
   opt_state = optimizer.init(params)
-  grad_fn = jax.jit(jax.grad(lambda p: update.rl_loss(p, ref_params, batch, toy_policy, CFG),
+  grad_fn = jax.jit(jax.grad(lambda p: loss_lib.rl_loss(p, ref_params, batch, toy_policy, CFG),
                              has_aux=True))
   metrics = []
   for _ in range(NUM_STEPS):
@@ -156,6 +159,18 @@ def _optimizer():
   return optax.sgd(0.1, momentum=0.9)  # not scale-invariant: a wrong grad scale shows
 
 
+def _sharded_step(mesh):
+  """local_update under shard_map over the mesh's 'data' axis, as the RL iteration runs it."""
+  def shard_step(state, ref_params, batch):
+    params, opt_state = state
+    params, opt_state, metrics = loss_lib.local_update(params, ref_params, opt_state, batch,
+                                                       toy_policy, _optimizer(), CFG)
+    return (params, opt_state), metrics
+
+  return jax.jit(jax.shard_map(shard_step, mesh=mesh, in_specs=(P(), P(), P(parallel.DATA_AXIS)),
+                               out_specs=(P(), P()), check_vma=False))
+
+
 def run_sharded_comparison(out_dir):
   """Runs NUM_STEPS updates unsharded, on a 1-device mesh and on a 4-device mesh."""
   devices = jax.devices()
@@ -165,17 +180,16 @@ def run_sharded_comparison(out_dir):
   final, metrics = _reference_updates(params, ref_params, batch, _optimizer())
   results['reference'] = (final, metrics)
   for name, devs in [('one', devices[:1]), ('four', devices)]:
-    mesh = update.make_mesh(devs)
-    step = update.make_update_step(toy_policy, _optimizer(), CFG, mesh)
-    state = update.replicate(update.init_state(params, _optimizer(), ref_params), mesh)
-    sharded_batch = update.shard_batch(batch, mesh)
+    mesh = parallel.make_mesh(devs)
+    step = _sharded_step(mesh)
+    state = parallel.replicate((params, _optimizer().init(params)), mesh)
+    sharded_batch = parallel.shard_batch(batch, mesh)
     metrics = []
     for _ in range(NUM_STEPS):
-      state, m = step(state, sharded_batch)
+      state, m = step(state, parallel.replicate(ref_params, mesh), sharded_batch)
       metrics.append(m)
-    assert int(state.step) == NUM_STEPS
     assert len(sharded_batch['cand'].sharding.device_set) == len(devs)
-    results[name] = (state.params, metrics)
+    results[name] = (state[0], metrics)
   arrays = {'initial/' + k: np.asarray(v) for k, v in params.items()}
   for name, (final, metrics) in results.items():
     arrays.update({f'{name}/params/{k}': np.asarray(v) for k, v in final.items()})

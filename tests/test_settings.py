@@ -1,0 +1,39 @@
+"""Tests for vstar_jax.rl.settings: bad settings are rejected naming the flag."""
+
+import pytest
+
+from vstar_jax import default_config
+from vstar_jax.rl import settings as settings_lib
+
+
+@pytest.mark.parametrize('flag,value,match', [
+    ('rollout', 'sample', r'--config.rl.rollout: .*not one of'),
+    ('reward', 'hits', r'--config.rl.reward: .*not one of'),
+    ('alpha', 1.5, r'--config.rl.alpha'),
+    ('group_size', 1, r'--config.rl.group_size'),
+    ('valid_beams', 5, r'--config.rl.valid_beams'),
+])
+def test_bad_values_name_the_flag(flag, value, match):
+  r = default_config.rl_config()
+  r[flag] = value
+  with pytest.raises(default_config.ConfigError, match=match):
+    settings_lib.validate_config(r)
+
+
+def test_ved_settings_are_checked_by_the_ved_config():
+  r = default_config.rl_config()
+  r.ved.multiplier = 0.5
+  with pytest.raises(ValueError, match=r'--config.rl.ved.multiplier: .*base budget'):
+    settings_lib.validate_config(r)
+  r = default_config.rl_config()
+  r.ved.depth = 3
+  with pytest.raises(ValueError, match=r'--config.rl.ved: unknown VED setting'):
+    settings_lib.validate_config(r)
+
+
+def test_settings_carry_the_nested_ved_config():
+  r = default_config.rl_config()
+  r.ved.multiplier, r.group_size = 3.0, 12
+  s = settings_lib.RlSettings.from_config(r)
+  assert (s.ved.multiplier, s.ved.group_size, s.ved.width) == (3.0, 12, r.ved.width)
+  hash(s)  # a jit static argument

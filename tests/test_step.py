@@ -1,0 +1,80 @@
+"""Tests for vstar_jax.rl.step: scoring a rollout gives zero policy gradient without a hit."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import decoder_fixture
+from vstar_jax import default_config
+from vstar_jax.data import batching
+from vstar_jax.data import synthetic
+from vstar_jax.model import policy
+from vstar_jax.rl import loss as loss_lib
+from vstar_jax.rl import settings as settings_lib
+from vstar_jax.rl import step as step_lib
+from vstar_jax.sid import trie as trie_lib
+from vstar_jax.train import sft
+
+
+@functools.lru_cache(maxsize=None)
+def _problem():
+  data = synthetic.make_dataset(num_items=120, num_users=150, num_codes=8, seq_len=8)
+  config = default_config.base_config()
+  config.model.num_layers, config.model.d_model, config.model.num_heads = 1, 32, 2
+  config.model.d_ff, config.rl.group_size = 64, 8
+  cfg = sft.decoder_config(config, data)
+  return data, config, cfg, decoder_fixture.random_params(cfg)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _policy(params, batch, cfg):
+  return policy.candidate_log_probs(params, batch, cfg=cfg)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _pg_grad(params, loss_batch, cfg):
+  """Gradient of the policy-gradient terms only (GRPO + sibling; no KL, no value loss)."""
+  pg_only = loss_lib.LossConfig(clip_eps=0.2, w_sib=1.0, kl_beta=0.0, w_value=0.0)
+  policy_fn = functools.partial(policy.candidate_log_probs, cfg=cfg)
+  return jax.grad(lambda p: loss_lib.rl_loss(p, params, loss_batch, policy_fn, pg_only)[0])(params)
+
+
+@pytest.mark.parametrize('reward', ['rule', 'ranking'])
+def test_no_hit_batch_gives_zero_policy_gradient(reward):
+  data, config, cfg, params = _problem()
+  config.rl.reward = reward
+  settings = settings_lib.RlSettings.from_config(config.rl)
+  users = batching.UserRows.from_dataset(data, ('train',))
+  rng = np.random.default_rng(0)
+  num_users, group = 8, config.rl.group_size
+  # Candidate groups: distinct catalogue SIDs, best first, with an invalid tail on some users.
+  cand = np.stack([data.item_codes[rng.choice(data.num_items, group, replace=False)]
+                   for _ in range(num_users)])
+  valid = np.arange(group)[None, :] < rng.integers(3, group + 1, size=(num_users, 1))
+  cand = np.where(valid[..., None], cand, -1)
+  ro = {'cand': cand, 'valid': valid,
+        'rank_score': np.where(valid, -np.arange(group, dtype=np.float32), -np.inf)}
+  fwd = {'history': users.history[:num_users], 'cand': cand, 'valid': valid}
+  old_logp, old_values = _policy(params, fwd, cfg)
+  trie = trie_lib.build_trie(data.item_codes, data.num_codes)
+
+  def pg_grad(target):
+    batch = {'target': target, 'target_item': users.target_item[:num_users]}
+    scored = jax.jit(lambda: step_lib.score_rollout(ro, batch, old_values, trie, None, settings))()
+    loss_batch = dict(fwd, old_logp=old_logp, group_adv=scored['group_adv'],
+                      sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'])
+    return _pg_grad(params, loss_batch, cfg), scored
+
+  no_hit = np.full((num_users, 3), data.num_codes, np.int32)  # code K exists nowhere
+  grads, scored = pg_grad(no_hit)
+  assert not np.asarray(scored['group_adv']).any() and not np.asarray(scored['sibling_adv']).any()
+  chex.assert_trees_all_equal(grads, jax.tree.map(jnp.zeros_like, grads))
+  # Control: the same groups with a hit (each user's second candidate) have a gradient.
+  grads, scored = pg_grad(cand[:, 1])
+  assert np.asarray(scored['group_adv']).any() and np.asarray(scored['sibling_adv']).any()
+  assert float(optax.tree.norm(grads)) > 1e-3

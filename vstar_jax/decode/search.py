@@ -1,0 +1,90 @@
+"""The decoder's searches, jitted: constrained beam search over a batch and over a whole split.
+
+decode.beam is model-agnostic; this module binds it to the decoder (model.policy), checks
+that trie and decoder agree on the SID shape, and runs whole splits in fixed-size batches
+(one compilation) with a progress line.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vstar_jax.decode import beam as beam_lib
+from vstar_jax.model import decoder
+from vstar_jax.model import policy
+from vstar_jax.sid import trie as trie_lib
+
+
+def check_trie(cfg: decoder.DecoderConfig, trie: trie_lib.Trie) -> None:
+  """Rejects a trie whose SID length or codebook size differs from the decoder's."""
+  if (trie.num_levels, trie.num_codes) != (cfg.num_levels, cfg.num_codes):
+    raise ValueError(f'trie has L={trie.num_levels}, K={trie.num_codes}; the decoder has '
+                     f'L={cfg.num_levels}, K={cfg.num_codes}')
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'num_beams'))
+def beam_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
+                num_beams: int):
+  """Top-`num_beams` valid SIDs per user of history [B, T, L] (-1 for missing items).
+
+  Returns:
+    codes [B, W, L] int32 (distinct valid SIDs, -1 in the tail) and scores [B, W]
+    float32 (sum of log-probs) sorted descending (-inf in the tail).
+  """
+  check_trie(cfg, trie)
+  state, step = policy.beam_policy(params, cfg, history)
+  return beam_lib.beam_search(step, state, trie, history.shape[0], num_beams)
+
+
+def beam_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie,
+                      history: np.ndarray, num_beams: int, batch_size: int,
+                      log_every_s: float = 30.0):
+  """Beam search over a whole split in fixed-size batches (the last one padded).
+
+  Args:
+    params: decoder params pytree.
+    cfg: the DecoderConfig.
+    trie: Trie of the catalogue's SIDs.
+    history: [N, T, L] int32 histories of the split's rows.
+    num_beams: W.
+    batch_size: users per jitted call (one compilation for the whole split).
+    log_every_s: seconds between progress lines.
+
+  Returns:
+    codes [N, W, L] int32 and scores [N, W] float32 numpy arrays, row order kept.
+  """
+  history = np.asarray(history, np.int32)
+  num_rows = history.shape[0]
+  num_batches = -(-num_rows // batch_size)
+  padded = np.concatenate(
+      [history, np.repeat(history[-1:], num_batches * batch_size - num_rows, axis=0)])
+  trie = jax.device_put(trie)
+  codes, scores = [], []
+  start = last_log = time.perf_counter()
+
+  def collect(result, done):
+    nonlocal last_log
+    codes.append(np.asarray(result[0]))
+    scores.append(np.asarray(result[1]))
+    now = time.perf_counter()
+    if now - last_log >= log_every_s or done == num_rows:
+      last_log = now
+      rate = done / (now - start)
+      logging.info('beam search: %d/%d users, %.1f users/s, ETA %.0f s', done, num_rows, rate,
+                   (num_rows - done) / rate)
+
+  pending = None
+  for i in range(num_batches):
+    launched = beam_search(params, cfg, trie, padded[i * batch_size:(i + 1) * batch_size],
+                           num_beams)
+    if pending is not None:
+      collect(pending, i * batch_size)
+    pending = launched
+  collect(pending, num_rows)
+  return np.concatenate(codes)[:num_rows], np.concatenate(scores)[:num_rows]

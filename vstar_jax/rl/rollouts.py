@@ -1,0 +1,54 @@
+"""Rollouts: G candidate SIDs per user from the current policy (the "generate" of the RL loop).
+
+ROLLOUTS maps each `--config.rl.rollout` name to a function of one signature,
+`rollout(params, trie, history [B, T, L], user_index [B], key, *, cfg, settings) -> dict`
+with cand [B, G, L] int32 (-1 rows where invalid), valid [B, G] bool, rank_score [B, G]
+float32 (the score the rollout ranks its candidates by, -inf where invalid; the `ranking`
+reward's rank) and forwards [B] int32 (backbone forwards spent, prompt prefill excluded).
+A new rollout method is one function and one registry entry.
+
+Randomness: a user's draws come from fold_in(iteration key, the user's position in the
+global batch), so they do not depend on how users are sharded.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from vstar_jax.decode import search
+from vstar_jax.decode import ved as ved_lib
+from vstar_jax.model import decoder
+
+
+def user_keys(key: jax.Array, user_index: jnp.ndarray) -> jax.Array:
+  """Per-user keys [B] from the users' positions in the global batch (sharding-invariant)."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, user_index)
+
+
+def beam_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:
+  """MiniOneRec's rollouts: constrained beam search with G beams, ranked by beam score."""
+  del user_index, key
+  num_users, num_levels = history.shape[0], cfg.num_levels
+  cand, score = search.beam_search(params, cfg, trie, history, settings.group_size)
+  forwards = jnp.full((num_users,), 1 + (num_levels - 1) * settings.group_size, jnp.int32)
+  return {'cand': cand, 'valid': score > -jnp.inf, 'rank_score': score, 'forwards': forwards}
+
+
+def ved_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:
+  """V-STAR's rollouts: Value-Guided Efficient Decoding (paper Sec. 4.2) under a forward budget."""
+
+  def one_user(user_history, user_key):
+    prompt = decoder.prefill(params, cfg, user_history[None])
+    out = ved_lib.ved(lambda p, d: decoder.prefix_forward(params, cfg, prompt, p, d), trie,
+                      user_key, settings.ved, 1)
+    return out.candidates[0], out.valid[0], out.scores[0], out.num_forwards[0]
+
+  cand, valid, score, forwards = jax.vmap(one_user)(history, user_keys(key, user_index))
+  return {'cand': cand, 'valid': valid, 'rank_score': score, 'forwards': forwards}
+
+
+RolloutFn = Callable[..., dict]
+ROLLOUTS: dict[str, RolloutFn] = {'ved': ved_rollout, 'beam': beam_rollout}
