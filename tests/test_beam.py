@@ -45,7 +45,7 @@ def sid_scores(params, history, items):
   """Brute force: sum of teacher-forced log-probs of every SID in items [I, L] -> [B, I]."""
   num_items = items.shape[0]
   targets = np.tile(items, (history.shape[0], 1))
-  log_probs, _ = forward_train(params, CFG, np.repeat(history, num_items, axis=0), targets)
+  log_probs, _, _ = forward_train(params, CFG, np.repeat(history, num_items, axis=0), targets)
   picked = np.take_along_axis(np.asarray(log_probs), targets[..., None], axis=-1)
   return picked[..., 0].sum(-1).reshape(history.shape[0], num_items)
 
@@ -60,7 +60,7 @@ def reference_beam_search(params, history, items, num_beams):
                          if any(tuple(s[:level]) == p for p, _ in beams)})
       padded = np.zeros((len(items), CFG.num_levels), np.int32)  # one shape: one compilation
       padded[:len(children), :level + 1] = children
-      log_probs, _ = forward_train(params, CFG, np.repeat(history[b:b + 1], len(items), 0),
+      log_probs, _, _ = forward_train(params, CFG, np.repeat(history[b:b + 1], len(items), 0),
                                    padded)
       parent_score = dict(beams)
       scored = [(c, parent_score[c[:-1]] + float(log_probs[i, level, c[-1]]))

@@ -32,6 +32,7 @@ forward_train = jax.jit(decoder.forward_train, static_argnums=1, static_argnames
 prefill = jax.jit(decoder.prefill, static_argnums=1)
 decode_step = jax.jit(decoder.decode_step, static_argnums=(1, 5))
 prefix_forward = jax.jit(decoder.prefix_forward, static_argnums=1)
+node_forward = jax.jit(decoder.node_forward, static_argnums=1)
 reorder_suffix_cache = jax.jit(attention.reorder_suffix_cache)
 
 
@@ -54,12 +55,14 @@ def random_codes(cfg, shape, seed):
   return np.random.default_rng(seed).integers(0, cfg.num_codes, shape + (cfg.num_levels,))
 
 
-def reference(params, cfg, history, codes):
-  """forward_train on every beam: [B, T, L], [B, W, L] -> log-probs [B, W, L, K], V [B, W, L+1]."""
+def reference(params, cfg, history, codes, with_q=False):
+  """forward_train on every beam: [B, T, L], [B, W, L] -> log-probs [B, W, L, K], V [B, W, L+1]
+  (and Q [B, W, L, K] with_q)."""
   batch, width = codes.shape[:2]
-  log_probs, values = forward_train(params, cfg, np.repeat(history, width, axis=0),
-                                    codes.reshape(batch * width, -1))
-  return log_probs.reshape(batch, width, cfg.num_levels, -1), values.reshape(batch, width, -1)
+  log_probs, values, q = forward_train(params, cfg, np.repeat(history, width, axis=0),
+                                       codes.reshape(batch * width, -1))
+  out = (log_probs.reshape(batch, width, cfg.num_levels, -1), values.reshape(batch, width, -1))
+  return out + (q.reshape(batch, width, cfg.num_levels, -1),) if with_q else out
 
 
 @pytest.fixture(scope='module', params=sorted(CONFIGS))
@@ -79,7 +82,7 @@ def test_shapes_and_normalisation(setup):
   cfg, params = setup
   history = random_histories(cfg, BATCH * WIDTH, seed=0)
   target = random_codes(cfg, (BATCH * WIDTH,), seed=1)
-  log_probs, values = forward_train(params, cfg, history, target)
+  log_probs, values, _ = forward_train(params, cfg, history, target)
   chex.assert_shape(log_probs, (BATCH * WIDTH, cfg.num_levels, cfg.num_codes))
   chex.assert_shape(values, (BATCH * WIDTH, cfg.num_levels + 1))
   chex.assert_trees_all_close(jnp.exp(log_probs).sum(-1), jnp.ones(log_probs.shape[:2]), atol=1e-5)
@@ -101,8 +104,8 @@ def test_teacher_forcing_is_causal(tied):
   target = random_codes(cfg, (BATCH * WIDTH,), seed=5)
   changed = target.copy()
   changed[:, -1] = (changed[:, -1] + 1) % cfg.num_codes
-  lp_a, v_a = forward_train(params, cfg, history, target)
-  lp_b, v_b = forward_train(params, cfg, history, changed)
+  lp_a, v_a, _ = forward_train(params, cfg, history, target)
+  lp_b, v_b, _ = forward_train(params, cfg, history, changed)
   chex.assert_trees_all_close(lp_a, lp_b, **TOL)
   chex.assert_trees_all_close(v_a[:, :-1], v_b[:, :-1], **TOL)
   assert not np.allclose(v_a[:, -1], v_b[:, -1])
@@ -160,7 +163,7 @@ def test_prefix_forward_equals_forward_train(setup):
   assert set(depth.ravel()) == set(range(cfg.num_levels + 1))
   noise = np.random.default_rng(12).integers(-1, cfg.num_codes, codes.shape)
   garbage = np.where(np.arange(cfg.num_levels) >= depth[..., None], noise, codes)
-  log_probs, values = prefix_forward(params, cfg, prefill(params, cfg, history), garbage, depth)
+  log_probs, values, _ = prefix_forward(params, cfg, prefill(params, cfg, history), garbage, depth)
   ref_lp, ref_v = reference(params, cfg, history, codes)
   level = np.minimum(depth, cfg.num_levels - 1)
   expected_lp = np.take_along_axis(ref_lp, level[..., None, None], axis=2)[:, :, 0]
@@ -168,6 +171,29 @@ def test_prefix_forward_equals_forward_train(setup):
   chex.assert_trees_all_close(log_probs[inner], expected_lp[inner], **TOL)
   chex.assert_trees_all_close(values, np.take_along_axis(ref_v, depth[..., None], -1)[..., 0],
                               **TOL)
+
+
+def test_node_forward_chain_equals_forward_train(setup):
+  """VED's per-node suffix cache: one token per node on its parent's cache = full recomputation
+  of the policy, V and Q at every depth 0..L-1 (slots past a node's depth hold garbage)."""
+  cfg, params = setup
+  history = random_histories(cfg, BATCH, seed=20)
+  codes = random_codes(cfg, (BATCH, WIDTH), seed=21)
+  prompt = prefill(params, cfg, history)
+  ref_lp, ref_v, ref_q = reference(params, cfg, history, codes, with_q=True)
+  shape = (cfg.num_layers, BATCH, WIDTH, cfg.num_levels, cfg.num_heads, cfg.head_dim)
+  k = v = jnp.asarray(np.random.default_rng(22).normal(size=shape), jnp.float32)
+  for position in range(cfg.num_levels):
+    at = np.full((BATCH, WIDTH), position, np.int32)
+    if position == 0:
+      tokens, levels = np.full_like(at, layout.SEP), np.full_like(at, cfg.num_levels)
+    else:
+      tokens = layout.code_tokens(cfg, codes[..., position - 1], position - 1)
+      levels = at - 1
+    log_probs, values, q, k, v = node_forward(params, cfg, prompt, k, v, at, tokens, levels)
+    chex.assert_trees_all_close(log_probs, ref_lp[:, :, position], **TOL)
+    chex.assert_trees_all_close(values, ref_v[:, :, position], **TOL)
+    chex.assert_trees_all_close(q, ref_q[:, :, position], **TOL)
 
 
 def test_left_padding_invariance(setup):
@@ -255,10 +281,10 @@ def test_item_features_enter_only_through_listed_history_items():
   history = np.full((1, cfg.max_history, 3), -1, np.int32)
   history[0, -2:] = [[0, 0, 2], [0, 0, 3]]      # keys 2 (listed, row 1) and 3 (not listed)
   target = np.zeros((1, 3), np.int32)
-  base, _ = forward_train(params, cfg, history, target)
+  base, _, _ = forward_train(params, cfg, history, target)
   for row, changes in ((1, True), (0, False), (5, False)):
     table = params['item_text'].at[row].add(1.0)
-    changed, _ = forward_train(dict(params, item_text=table), cfg, history, target)
+    changed, _, _ = forward_train(dict(params, item_text=table), cfg, history, target)
     assert (not np.allclose(base, changed, atol=1e-6)) == changes, row
   # Frozen: no gradient reaches the table.
   grad = jax.grad(lambda p: forward_train(p, cfg, history, target)[0].sum())(params)

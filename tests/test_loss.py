@@ -38,7 +38,8 @@ def toy_policy(params, batch):
   depth_code = jnp.concatenate([jnp.zeros_like(cand[..., :1]), jnp.cumsum(cand, -1)], -1) / K
   values = (jnp.einsum('bf,fd->bd', batch['feat'], params['v'])[:, None]
             + params['c'] * depth_code)
-  return token_logp, values
+  q = values[..., 1:] * (1.0 + 0.1 * cand)
+  return token_logp, values, q
 
 
 def _params(rng, scale=1.0):
@@ -68,7 +69,7 @@ def make_problem(seed=0):
 def _score_rollout(old_params, batch, target):
   """Rollout log-probs, advantages and value targets, as the RL loop computes them."""
   cand, valid = batch['cand'], batch['valid']
-  old_logp, old_values = toy_policy(old_params, batch)
+  old_logp, old_values, _ = toy_policy(old_params, batch)
   reward = rewards.ranking_reward(cand, valid, target, old_logp.sum(-1))
   level, _ = rewards.prefix_reward(cand, valid, target)
   return {'old_logp': old_logp,
@@ -79,14 +80,15 @@ def _score_rollout(old_params, batch, target):
 
 def _loss_reference(params, ref_params, batch, cfg):
   """The objective written out in numpy, token by token."""
-  logp, values = jax.device_get(jax.jit(toy_policy)(params, batch))
+  logp, values, q = jax.device_get(jax.jit(toy_policy)(params, batch))
   ref_logp = jax.device_get(jax.jit(toy_policy)(ref_params, batch)[0])
-  terms = {'grpo': [], 'sib': [], 'kl': [], 'value': []}
+  terms = {'grpo': [], 'sib': [], 'kl': [], 'value': [], 'q': []}
   for b in range(B):
     for g in range(G):
       if not batch['valid'][b, g]:
         continue
       terms['value'].extend((values[b, g] - batch['value_targets'][b, g]) ** 2)
+      terms['q'].extend((q[b, g] - batch['value_targets'][b, g, 1:]) ** 2)   # Q(y_<l, y_l) ~ V(l+1)
       for l in range(L):
         ratio = np.exp(logp[b, g, l] - batch['old_logp'][b, g, l])
         clipped = np.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps)
@@ -99,7 +101,7 @@ def _loss_reference(params, ref_params, batch, cfg):
         terms['kl'].append(np.exp(d) - d - 1)
   means = {k: np.mean(v) for k, v in terms.items()}
   total = (means['grpo'] + cfg.w_sib * means['sib'] + cfg.kl_beta * means['kl']
-           + cfg.w_value * means['value'])
+           + cfg.w_value * (means['value'] + means['q']))
   return total, means
 
 
@@ -110,7 +112,7 @@ def test_rl_loss_matches_reference_terms():
   total, means = _loss_reference(params, ref_params, batch, CFG)
   np.testing.assert_allclose(loss, total, rtol=1e-5)
   for key, name in [('grpo', 'grpo_loss'), ('sib', 'sibling_loss'), ('kl', 'kl'),
-                    ('value', 'value_loss')]:
+                    ('value', 'value_loss'), ('q', 'q_loss')]:
     np.testing.assert_allclose(metrics[name], means[key], rtol=1e-5, err_msg=name)
   assert 0.0 < float(metrics['clip_frac']) < 1.0
   assert 0.0 < float(metrics['sibling_frac']) < 1.0
@@ -206,7 +208,7 @@ def test_sharded_update_equals_single_device(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   res = dict(np.load(tmp_path / 'results.npz'))
   keys = [k.split('/', 1)[1] for k in res if k.startswith('reference/')]
-  assert len(keys) == 4 + 9
+  assert len(keys) == 4 + 10
   for name in ('one', 'four'):
     for key in keys:
       np.testing.assert_allclose(res[f'{name}/{key}'], res[f'reference/{key}'], rtol=2e-5,

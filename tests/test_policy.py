@@ -1,6 +1,7 @@
 """Tests for vstar_jax.model.policy: candidate scoring equals teacher forcing."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import decoder_fixture
@@ -20,13 +21,38 @@ def test_candidate_log_probs_equal_teacher_forcing():
   valid = rng.random((4, 8)) < 0.8
   cand = np.where(valid[..., None], cand, -1)
   history = data.history_codes('train')[:4]
-  logp, values = jax.jit(lambda p, b: policy.candidate_log_probs(p, b, cfg=CFG))(
+  logp, values, q = jax.jit(lambda p, b: policy.candidate_log_probs(p, b, cfg=CFG))(
       params, {'history': history, 'cand': cand, 'valid': valid})
   flat = np.maximum(cand, 0).reshape(32, 3)
-  ref_lp, ref_v = jax.jit(decoder.forward_train, static_argnums=1)(
+  ref_lp, ref_v, ref_q = jax.jit(decoder.forward_train, static_argnums=1)(
       params, CFG, np.repeat(history, 8, axis=0), flat)
   ref_lp = np.take_along_axis(np.asarray(ref_lp), flat[..., None], -1)[..., 0].reshape(4, 8, 3)
+  ref_q = np.take_along_axis(np.asarray(ref_q), flat[..., None], -1)[..., 0].reshape(4, 8, 3)
   ref_v = np.asarray(ref_v).reshape(4, 8, 4)
   np.testing.assert_allclose(logp, np.where(valid[..., None], ref_lp, 0), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(values, np.where(valid[..., None], ref_v, 0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(q, np.where(valid[..., None], ref_q, 0), rtol=1e-5, atol=1e-5)
   assert np.all(np.asarray(logp)[valid] < 0)
+
+
+def test_ved_policy_expansions_equal_the_prefix_pass():
+  """root_fn / expand_fn (cached, one token per node) give the prefix pass's log-probs, V and Q."""
+  data = synthetic.make_dataset(num_items=120, num_users=150, num_codes=8, seq_len=8)
+  params = decoder_fixture.random_params(CFG)
+  history = data.history_codes('train')[:3]
+  codes = data.item_codes[np.random.default_rng(2).choice(data.num_items, (3, 4))]
+  prompt = decoder.prefill(params, CFG, history)
+  root_fn, expand_fn = policy.ved_policy(params, CFG, history)
+
+  def check(out, prefix, depth):
+    want = decoder.prefix_forward(params, CFG, prompt, prefix, np.full(prefix.shape[:2], depth))
+    for got, ref in zip(out[:3], want):
+      np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+  out = root_fn()
+  check(out, np.zeros((3, 1, 3), np.int32), 0)
+  embedding = jax.tree.map(lambda x: jnp.repeat(x, 4, axis=1), out[3])
+  for depth in range(1, 3):
+    out = expand_fn(embedding, codes[..., depth - 1], np.full((3, 4), depth - 1, np.int32))
+    check(out, codes, depth)
+    embedding = out[3]

@@ -60,7 +60,7 @@ def test_no_hit_batch_gives_zero_policy_gradient(reward):
   ro = {'cand': cand, 'valid': valid,
         'rank_score': np.where(valid, -np.arange(group, dtype=np.float32), -np.inf)}
   fwd = {'history': users.history[:num_users], 'cand': cand, 'valid': valid}
-  old_logp, old_values = _policy(params, fwd, cfg)
+  old_logp, old_values, _ = _policy(params, fwd, cfg)
   trie = trie_lib.build_trie(data.item_codes, data.num_codes)
 
   def pg_grad(target):

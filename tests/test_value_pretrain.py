@@ -58,11 +58,12 @@ def test_value_pretraining_lowers_the_loss_and_trains_only_the_head(problem):
                                             batches, trie, None, jax.random.key(1), mesh)
   assert len(losses) == PRETRAIN_STEPS and all(np.isfinite(losses))
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
-  head = value_pretrain.HEAD
-  backbone = lambda p: {k: v for k, v in p.items() if k != head}
+  heads = value_pretrain.HEADS
+  backbone = lambda p: {k: v for k, v in p.items() if k not in heads}
   jax.tree.map(np.testing.assert_array_equal, backbone(trained), backbone(params))
   assert all(float(jnp.abs(a - b).max()) > 1e-4
-             for a, b in zip(jax.tree.leaves(trained[head]), jax.tree.leaves(params[head])))
+             for a, b in zip(jax.tree.leaves(value_pretrain.heads_of(trained)),
+                             jax.tree.leaves(value_pretrain.heads_of(params))))
 
 
 def test_loop_pretrains_once_and_records_it(problem, tmp_path):

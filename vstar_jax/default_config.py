@@ -56,12 +56,15 @@ def rl_config() -> ml_collections.ConfigDict:
   # Rollout: a name of rl.rollouts.ROLLOUTS.
   c.rollout = 'ved'            # 'ved' (V-STAR) | 'beam' (G beams: MiniOneRec's rollouts)
   c.group_size = 16            # G candidates per user (MiniOneRec / V-STAR group size)
-  c.ved = ml_collections.ConfigDict()  # passed to decode.ved.VedConfig as it is
-  c.ved.width = 8              # w, stage-1 beam width (paper Sec. 3.2)
+  c.ved = ml_collections.ConfigDict()  # passed to decode.ved.VedConfig as it is (docs/method.md)
+  c.ved.width = 8              # w, stage-1 beam width (paper Sec. 4.2)
   c.ved.multiplier = 2.0       # m: budget floor(m (1 + (L-1) w)) = 34 forwards ~ beam-16's 33
-  c.ved.lam = 0.1              # lambda in G = V + lambda H
-  c.ved.beta = 1.0             # UCB exploration weight
-  c.ved.leaf_ranking = 'value'  # 'value' | 'logprob'
+  c.ved.lam = 0.1              # lambda in G = V + lambda H (Eq. 11)
+  c.ved.beta = 1.0             # exploration weight of the selection rule (Eq. 13)
+  c.ved.selection = 'ucb'      # decode.selection.RULES: 'ucb' (Eq. 13-14) | 'puct' | 'best_first'
+  c.ved.leaf_ranking = 'logprob'  # 'logprob' | 'value' (Q) | 'mix' (logprob + mix * Q)
+  c.ved.mix = 1.0              # weight of Q in the 'mix' leaf ranking
+  c.ved.per_step = 0           # k pairs expanded per stage-2 iteration (0: w)
   # Reward (a name of rl.rewards.REWARDS) and advantages.
   c.reward = 'ranking'         # 'ranking' | 'rule' | 'prefix' (MiniOneRec's default: ranking)
   c.w_sib = 1.0                # sibling loss weight (0: plain GRPO)

@@ -40,6 +40,7 @@ def beam_search(step_fn: StepFn, state: Any, trie: trie_lib.Trie, batch_size: in
     float32 sorted descending (-inf in the tail).
   """
   num_codes = trie.num_codes
+  trie = jax.tree.map(jnp.asarray, trie)
   node = jnp.zeros((batch_size, 1), jnp.int32)
   score = jnp.zeros((batch_size, 1), jnp.float32)
   codes = jnp.zeros((batch_size, 1, 0), jnp.int32)

@@ -1,8 +1,8 @@
-"""The decoder's searches, jitted: constrained beam search over a batch and over a whole split.
+"""The decoder's searches, jitted: constrained beam search and VED, over a batch or a whole split.
 
-decode.beam is model-agnostic; this module binds it to the decoder (model.policy), checks
-that trie and decoder agree on the SID shape, and runs whole splits in fixed-size batches
-(one compilation) with a progress line.
+decode.beam and decode.ved are model-agnostic; this module binds them to the decoder
+(model.policy), checks that trie and decoder agree on the SID shape, and runs whole splits
+in fixed-size batches (one compilation) with a progress line.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vstar_jax.decode import beam as beam_lib
+from vstar_jax.decode import ved as ved_lib
 from vstar_jax.model import decoder
 from vstar_jax.model import policy
 from vstar_jax.sid import trie as trie_lib
@@ -40,6 +41,15 @@ def beam_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history
   check_trie(cfg, trie)
   state, step = policy.beam_policy(params, cfg, history)
   return beam_lib.beam_search(step, state, trie, history.shape[0], num_beams)
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'vcfg'))
+def ved_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
+               keys: jnp.ndarray, vcfg: ved_lib.VedConfig) -> ved_lib.VedOutput:
+  """VED (paper Sec. 4.2) for users history [B, T, L] with per-user keys [B]: one batched search."""
+  check_trie(cfg, trie)
+  root_fn, expand_fn = policy.ved_policy(params, cfg, history)
+  return ved_lib.ved(root_fn, expand_fn, trie, keys, vcfg)
 
 
 def beam_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie,

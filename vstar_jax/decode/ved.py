@@ -1,101 +1,76 @@
-"""Value-Guided Efficient Decoding (VED, V-STAR §1.1) as a fixed-shape batched tree search.
+"""Value-Guided Efficient Decoding (VED, paper Sec. 4.2, Eq. 10-14): a batched, fixed-shape tree search.
 
-One tree per user, stored mctx-style as arrays with a leading batch axis ([B, N]
-node fields, [B, N, K] child tables) sized statically by the budget; every step
-is a masked gather / scatter / argmax / top_k, so the whole search is one jitted
-program whatever the data.
+One tree per user, stored mctx-style as arrays with a leading batch axis ([B, N] node
+fields, [B, N, K] child tables) sized statically by the forward budget; every step is a
+masked gather / scatter / top_k, so the whole search is one jitted program whatever the
+data, and all users of a shard are searched together (no vmap of one-user trees).
 
-The policy is seen only through `expand_fn(prefix [B, W, L], depth [B, W]) ->
-(log_probs [B, W, K], values [B, W])`: one call on W prefixes is W backbone
-forwards of the decoder over the user's cached prompt.
+Accounting (Eq. 10; docs/method.md, "VED"): a node is an *expanded* prefix s at depth
+d < L. Its one backbone forward yields the policy over all of s's trie-valid next codes
+(so the cumulative log-prob of every child), V(s), the child values Q(s, .) of a Q head
+and the entropy H(s) of the policy renormalised over the valid codes (Eq. 12). Depth-L
+prefixes (whole SIDs) are never forwarded: every valid child of an expanded depth-(L-1)
+node is a candidate leaf, scored from its parent's forward, exactly as beam search's last
+level. So forwards = expanded nodes, counted inside the kernel, never above the budget
+B = floor(m (1 + (L-1) w)).
 
-Budget accounting (cost = forwards; prompt prefill excluded):
-  * A forward of the prefix of a node s at depth d yields V(s) and, if d < L,
-    the policy over the level-d codes, hence s's child log-probs and its
-    entropy H(s) over the trie-valid codes (renormalized over them). A node is
-    `evaluated` once it has had its forward; each forward evaluates exactly one
-    node, so `num_forwards == evaluated.sum()`.
-  * Stage 1 (beam of width w): the root's forward, then w forwards at each
-    depth 1..L-1; the w depth-L leaves are chosen from the depth-(L-1)
-    forwards and get none: 1 + (L-1)*w forwards, the base budget (fewer where
-    the trie has fewer than w prefixes at a depth). A stage-1 leaf takes its
-    parent's value as its estimate (V(h) is the value head's prediction of
-    E_{c~pi}[V(h.c)], the best guess before seeing the leaf); such leaves keep
-    `evaluated=False`, and ranking by value breaks their ties by log-prob.
-  * Stages 2-4: each iteration creates one node and spends exactly one forward
-    on it, leaves included (a leaf's forward gives its own V; the log-probs are
-    ignored, H=0), so every node made after stage 1 carries its own V, H, G.
-  * Budget = floor(m * base). With `unbudgeted_stage1` stage 1 instead expands
-    the top-w children of every frontier node (the public reference code's
-    w^d growth); its forwards are counted honestly and may exceed the budget,
-    in which case no stage-2 iteration runs.
+  * Stage 1 (initialisation): constrained beam search of width w from the root to depth
+    L-1: 1 + (L-1) w forwards (fewer where the trie has fewer prefixes).
+  * Stages 2-4, while budget remains: the selection rule (decode.selection; the paper's
+    gated UCB of Eq. 11, 13-14 by default) scores every eligible (node, code) pair
+    [B, N, K] (node expanded, depth <= L-2, code valid, child not yet expanded); the top
+    k pairs per user (static k, default w) are expanded in ONE batched [B, k] forward,
+    the shape of a beam step; visit counts N are backed up along their paths. Iterations
+    ~ (B - base) / k; the last one is masked to the budget left.
+  * Output: the candidate leaves ranked by cumulative log-prob, by Q, or by a mix; the
+    top G with a validity mask where fewer exist (leaves are distinct trie paths: never
+    a duplicate to pad a group).
 
-Selection (stages 2-4), per user:
-  * A node is expandable if it is evaluated, has depth < L and has trie-valid
-    codes without a child yet. Gate: it may be widened only if its priority
-    G = V + lam*H is >= the mean G of the existing nodes at its depth (up to
-    float rounding). The root is alone at depth 0, so it always passes.
-  * Descent from the root by UCB, U(s) = G(s) + beta*sqrt(ln(N_root+1)/(N(s)+1)).
-    At each node the arms are its children whose subtree still holds a
-    widenable node, and a "new child" arm valued at the node's own G with count
-    = its number of children; the descent stops where the new-child arm wins
-    (ties go to it) and widens that node. A gated-out node is thus never the
-    end of a descent: the search passes through it to the next best place. If
-    no widenable node is left (trie exhausted, or on tiny tries every
-    expandable node gated out while the root is full), the user stops and
-    keeps the rest of its budget; nothing changes after such an iteration, so
-    stopping loses nothing.
-  * The new code is Gumbel-top-1 from the policy over the node's valid codes
-    without a child; the iteration-i draw of user b uses fold_in(key_b, i), so
-    a run with a larger budget replays a smaller one and then goes on.
-  * Backup: N += 1 on the path from the root to the new node, so N(s) is the
-    size of s's subtree (stage-1 nodes counted the same way).
-
-Output: the depth-L leaves ranked by V (ties by cumulative log-prob) or by
-cumulative log-prob (ties by V); the top G, with a validity mask where fewer
-leaves exist. Tree leaves are distinct trie paths, so candidates are distinct
-valid SIDs and no candidate is ever repeated to pad.
+The model is seen only through `root_fn` and `expand_fn` returning the fields of an
+`Expansion` (model.policy.ved_policy builds them for the decoder with per-node suffix KV
+caches, so one expansion feeds one token).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.decode import selection
 from vstar_jax.sid import trie as trie_lib
 
-ExpandFn = Callable[[jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
-
 NO_NODE = trie_lib.NO_NODE
-_GATE_RTOL = 1e-6
-_LEAF_RANKINGS = ('value', 'logprob')
+LEAF_RANKINGS = ('logprob', 'value', 'mix')
 
 
 @dataclasses.dataclass(frozen=True)
 class VedConfig:
-  """Static VED settings (hashable: passed to jit as a static argument).
+  """Static VED settings (hashable: a jit static argument).
 
   Attributes:
     width: w, the stage-1 beam width.
-    multiplier: m >= 1; budget = floor(m * (1 + (L-1)*w)) forwards per user.
-    lam: lambda in the priority G = V + lambda*H.
-    beta: UCB exploration weight.
+    multiplier: m >= 1; budget = floor(m * (1 + (L-1)*w)) forwards per user (Eq. 10).
+    lam: lambda in the priority G = V + lambda*H (Eq. 11).
+    beta: exploration weight of the selection rule (Eq. 13).
     group_size: G, candidates returned per user.
-    leaf_ranking: 'value' (V) or 'logprob' (policy cumulative log-prob).
-    unbudgeted_stage1: expand the top-w children of every frontier node in
-      stage 1 (the public reference code), counting its forwards honestly.
+    selection: name of the rule in decode.selection.RULES.
+    leaf_ranking: 'logprob' | 'value' (Q of the leaf) | 'mix' (logprob + mix * Q).
+    mix: weight of Q in the 'mix' leaf ranking.
+    per_step: k, pairs expanded per stage-2 iteration (0: w).
   """
   width: int = 8
   multiplier: float = 1.0
   lam: float = 0.1
   beta: float = 1.0
   group_size: int = 16
-  leaf_ranking: str = 'value'
-  unbudgeted_stage1: bool = False
+  selection: str = 'ucb'
+  leaf_ranking: str = 'logprob'
+  mix: float = 1.0
+  per_step: int = 0
 
   def __post_init__(self):
     def check(name, ok, message):
@@ -107,67 +82,100 @@ class VedConfig:
     check('multiplier', self.multiplier >= 1, 'must be >= 1: the budget m*(1+(L-1)*w) may not '
           'be below the stage-1 base budget')
     check('group_size', self.group_size >= 1, 'must be >= 1')
-    check('leaf_ranking', self.leaf_ranking in _LEAF_RANKINGS, f'must be one of {_LEAF_RANKINGS}')
+    check('selection', self.selection in selection.RULES, f'must be one of {tuple(selection.RULES)}')
+    check('leaf_ranking', self.leaf_ranking in LEAF_RANKINGS, f'must be one of {LEAF_RANKINGS}')
+    check('per_step', self.per_step >= 0, 'must be >= 0 (0: the width)')
+
+  @property
+  def expansions_per_step(self) -> int:
+    return self.per_step or self.width
 
 
 def base_budget(num_levels: int, width: int) -> int:
-  """Stage-1 cost: root forward plus w forwards at each depth 1..L-1."""
+  """Stage-1 cost: the root's forward plus w forwards at each depth 1..L-1."""
   return 1 + (num_levels - 1) * width
 
 
 def budget(cfg: VedConfig, num_levels: int) -> int:
-  """Forwards allowed per user: floor(m * base)."""
+  """Forwards allowed per user: floor(m * base) (Eq. 10)."""
   return int(cfg.multiplier * base_budget(num_levels, cfg.width))
 
 
-def num_tree_nodes(cfg: VedConfig, num_levels: int) -> int:
-  """Static node capacity: budget + the forward-free depth-L leaves of stage 1."""
-  free_leaves = cfg.width**num_levels if cfg.unbudgeted_stage1 else cfg.width
-  return budget(cfg, num_levels) + free_leaves
+@flax.struct.dataclass
+class Expansion:
+  """What one backbone forward of M prefixes per user yields.
+
+  Attributes:
+    log_probs: [B, M, K] float32, policy log-probs of the next code (finite on valid codes).
+    value: [B, M] float32, V(prefix).
+    child_values: [B, M, K] float32, Q(prefix, code): the value of each child.
+    embedding: pytree of [B, M, ...] arrays, the model state a child's expansion starts from.
+  """
+  log_probs: jnp.ndarray
+  value: jnp.ndarray
+  child_values: jnp.ndarray
+  embedding: Any
+
+
+# root_fn() -> the Expansion fields (log_probs, value, child_values, embedding) with M = 1;
+# expand_fn(parent embedding [B, M, ...], code [B, M], parent depth [B, M]) -> those of the
+# children parent.code. Plain tuples, so a model needs nothing from this module.
+RootFn = Callable[[], tuple]
+ExpandFn = Callable[[Any, jnp.ndarray, jnp.ndarray], tuple]
 
 
 @flax.struct.dataclass
 class Tree:
-  """Batched VED search trees; node 0 is the root, nodes are numbered in creation order.
+  """Batched VED search trees; node 0 is the root, nodes are numbered in expansion order.
 
   Attributes:
-    exists: [B, N] bool, slot holds a node.
-    evaluated: [B, N] bool, the node has had its own forward (V, H and child
-      log-probs known); false for stage-1 leaves.
+    exists: [B, N] bool, slot holds an expanded node.
     parent: [B, N] int32, parent node or -1.
-    depth: [B, N] int32, prefix length.
+    depth: [B, N] int32, prefix length (0 .. L-1).
     code: [B, N] int32, code on the edge from the parent, -1 at the root.
     prefix: [B, N, L] int32, the node's SID prefix, -1 past its depth.
     trie_node: [B, N] int32, the trie node of the prefix.
-    log_prob: [B, N] float32, policy log-prob of the edge from the parent.
-    cum_log_prob: [B, N] float32, sum of edge log-probs from the root.
-    value: [B, N] float32, V(s) from the value head (stage-1 leaves: parent's).
-    entropy: [B, N] float32, H(s) of the policy over the trie-valid next codes.
-    priority: [B, N] float32, G(s) = V(s) + lam*H(s).
-    visits: [B, N] int32, N(s), number of nodes in s's subtree.
-    children_log_probs: [B, N, K] float32, policy log-probs of the next code,
-      -inf on trie-invalid codes and on unevaluated nodes.
-    children_index: [B, N, K] int32, child node per code or -1.
-    num_nodes: [B] int32, nodes in use (the next free slot).
-    num_forwards: [B] int32, forwards spent.
+    cum_log_prob: [B, N] float32, sum of the edge log-probs from the root.
+    value: [B, N] float32, V(s).
+    entropy: [B, N] float32, H(s) over the trie-valid next codes (Eq. 12).
+    priority: [B, N] float32, G(s) = V(s) + lam * H(s) (Eq. 11).
+    visits: [B, N] int32, N(s): expanded nodes in s's subtree, s included.
+    child_log_prob: [B, N, K] float32, log pi(c | s); -inf on invalid codes and empty slots.
+    child_value: [B, N, K] float32, Q(s, c).
+    child_index: [B, N, K] int32, the expanded child's slot or -1.
+    embedding: the model state of every node ([B, N, ...] leaves).
+    num_forwards: [B] int32, forwards spent (= expanded nodes).
   """
   exists: jnp.ndarray
-  evaluated: jnp.ndarray
   parent: jnp.ndarray
   depth: jnp.ndarray
   code: jnp.ndarray
   prefix: jnp.ndarray
   trie_node: jnp.ndarray
-  log_prob: jnp.ndarray
   cum_log_prob: jnp.ndarray
   value: jnp.ndarray
   entropy: jnp.ndarray
   priority: jnp.ndarray
   visits: jnp.ndarray
-  children_log_probs: jnp.ndarray
-  children_index: jnp.ndarray
-  num_nodes: jnp.ndarray
+  child_log_prob: jnp.ndarray
+  child_value: jnp.ndarray
+  child_index: jnp.ndarray
+  embedding: Any
   num_forwards: jnp.ndarray
+
+  @property
+  def num_levels(self) -> int:
+    return self.prefix.shape[-1]
+
+  def eligible(self) -> jnp.ndarray:
+    """[B, N, K] bool: pairs (s, c) a selection rule may expand (s at depth <= L-2, c valid, new)."""
+    shallow = self.exists & (self.depth < self.num_levels - 1)
+    return shallow[..., None] & (self.child_log_prob > -jnp.inf) & (self.child_index < 0)
+
+  def leaves(self) -> jnp.ndarray:
+    """[B, N, K] bool: the candidate leaves, every valid child of an expanded depth-(L-1) node."""
+    deepest = self.exists & (self.depth == self.num_levels - 1)
+    return deepest[..., None] & (self.child_log_prob > -jnp.inf)
 
 
 @flax.struct.dataclass
@@ -175,11 +183,9 @@ class VedOutput:
   """VED result per user.
 
   Attributes:
-    candidates: [B, G, L] int32, distinct valid SIDs, best first; -1 rows where
-      invalid.
-    valid: [B, G] bool, fewer than G leaves leave the tail invalid.
-    scores: [B, G] float32, the ranking score (V or cumulative log-prob), -inf
-      where invalid.
+    candidates: [B, G, L] int32, distinct valid SIDs, best first; -1 rows where invalid.
+    valid: [B, G] bool (fewer than G leaves leave the tail invalid).
+    scores: [B, G] float32, the leaf-ranking score, -inf where invalid.
     tree: the search Tree.
     num_forwards: [B] int32, forwards spent (counted inside the kernel).
   """
@@ -190,257 +196,206 @@ class VedOutput:
   num_forwards: jnp.ndarray
 
 
-def _empty_tree(batch_size: int, num_nodes: int, num_levels: int, num_codes: int) -> Tree:
-  """A tree holding only the (not yet evaluated) root."""
-  bn, bnk = (batch_size, num_nodes), (batch_size, num_nodes, num_codes)
-  return Tree(
-      exists=jnp.zeros(bn, bool).at[:, 0].set(True),
-      evaluated=jnp.zeros(bn, bool),
-      parent=jnp.full(bn, NO_NODE, jnp.int32),
-      depth=jnp.zeros(bn, jnp.int32),
-      code=jnp.full(bn, NO_NODE, jnp.int32),
-      prefix=jnp.full(bn + (num_levels,), -1, jnp.int32),
-      trie_node=jnp.full(bn, NO_NODE, jnp.int32).at[:, 0].set(0),
-      log_prob=jnp.zeros(bn, jnp.float32),
-      cum_log_prob=jnp.zeros(bn, jnp.float32),
-      value=jnp.zeros(bn, jnp.float32),
-      entropy=jnp.zeros(bn, jnp.float32),
-      priority=jnp.zeros(bn, jnp.float32),
-      visits=jnp.zeros(bn, jnp.int32).at[:, 0].set(1),
-      children_log_probs=jnp.full(bnk, -jnp.inf, jnp.float32),
-      children_index=jnp.full(bnk, NO_NODE, jnp.int32),
-      num_nodes=jnp.ones((batch_size,), jnp.int32),
-      num_forwards=jnp.zeros((batch_size,), jnp.int32))
-
-
-def _rows(tree: Tree) -> jnp.ndarray:
-  """[B, 1] batch index for gathers/scatters on [B, M] node indices."""
-  return jnp.arange(tree.exists.shape[0])[:, None]
-
-
-def _restricted_entropy(log_probs: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
-  """H(s) of the policy renormalized over the trie-valid codes: [..., K] -> [...] (0 if none)."""
+def restricted_entropy(log_probs: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """H(s) of the policy renormalised over the trie-valid codes (Eq. 12): [..., K] -> [...]."""
   masked = jnp.where(valid, log_probs, -jnp.inf)
   log_q = masked - jax.nn.logsumexp(masked, axis=-1, keepdims=True)
   return -jnp.sum(jnp.where(valid, jnp.exp(log_q) * log_q, 0.0), axis=-1)
 
 
-def _create(tree: Tree, trie: trie_lib.Trie, parents: jnp.ndarray, codes: jnp.ndarray,
-            mask: jnp.ndarray) -> tuple[Tree, jnp.ndarray]:
-  """Adds the children `codes` of `parents` ([B, M]) where `mask`; returns their slots [B, M].
+def _rows(tree: Tree) -> jnp.ndarray:
+  """[B, 1] batch index for gathers / scatters on [B, M] node indices."""
+  return jnp.arange(tree.exists.shape[0])[:, None]
 
-  Slots are the next free ones, in order; a masked entry gets slot N, "no node",
-  which every later gather clamps and every scatter drops.
-  """
+
+def _record(tree: Tree, trie: trie_lib.Trie, slots: jnp.ndarray, out: Expansion, lam: float,
+            mask: jnp.ndarray) -> Tree:
+  """Writes the expansions `out` of the nodes `slots` [B, M] (where `mask`) into the tree."""
   rows, num_nodes = _rows(tree), tree.exists.shape[1]
-  slots = tree.num_nodes[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
-  slots = jnp.where(mask, slots, num_nodes)
-  parents = jnp.where(mask, parents, 0)
-  depth = tree.depth[rows, parents] + 1
-  levels = jnp.arange(tree.prefix.shape[-1])
-  prefix = jnp.where(levels == depth[..., None] - 1, codes[..., None], tree.prefix[rows, parents])
-  edge = tree.children_log_probs[rows, parents, codes]
-
-  def put(field, values):
-    return field.at[rows, slots].set(values, mode='drop')
-
-  return tree.replace(
-      exists=put(tree.exists, True),
-      parent=put(tree.parent, parents),
-      depth=put(tree.depth, depth),
-      code=put(tree.code, codes),
-      prefix=put(tree.prefix, prefix),
-      trie_node=put(tree.trie_node, trie_lib.step(trie, tree.trie_node[rows, parents], codes)),
-      log_prob=put(tree.log_prob, edge),
-      cum_log_prob=put(tree.cum_log_prob, tree.cum_log_prob[rows, parents] + edge),
-      children_index=tree.children_index.at[rows, jnp.where(mask, parents, num_nodes), codes].set(
-          slots, mode='drop'),
-      num_nodes=tree.num_nodes + mask.sum(axis=1, dtype=jnp.int32)), slots
-
-
-def _evaluate(tree: Tree, trie: trie_lib.Trie, expand_fn: ExpandFn, slots: jnp.ndarray,
-              lam: float) -> Tree:
-  """One expand_fn call on the nodes `slots` [B, M]: records V, H, G and child log-probs.
-
-  Each real node is one forward; slots N (no node) are padding of the
-  fixed-shape call, neither recorded nor counted.
-  """
-  rows, num_nodes = _rows(tree), tree.exists.shape[1]
-  safe = jnp.minimum(slots, num_nodes - 1)
-  log_probs, values = expand_fn(tree.prefix[rows, safe], tree.depth[rows, safe])
-  valid = trie_lib.valid_codes(trie, tree.trie_node[rows, safe])
-  entropy = _restricted_entropy(log_probs, valid)
+  slots = jnp.where(mask, slots, num_nodes)  # num_nodes: out of range, dropped by every scatter
+  valid = trie_lib.valid_codes(trie, tree.trie_node[rows, jnp.minimum(slots, num_nodes - 1)])
+  entropy = restricted_entropy(out.log_probs, valid)
 
   def put(field, new):
     return field.at[rows, slots].set(new, mode='drop')
 
   return tree.replace(
-      evaluated=put(tree.evaluated, True),
-      value=put(tree.value, values),
-      entropy=put(tree.entropy, entropy),
-      priority=put(tree.priority, values + lam * entropy),
-      children_log_probs=put(tree.children_log_probs, jnp.where(valid, log_probs, -jnp.inf)),
-      num_forwards=tree.num_forwards + jnp.sum(slots < num_nodes, axis=1, dtype=jnp.int32))
+      value=put(tree.value, out.value), entropy=put(tree.entropy, entropy),
+      priority=put(tree.priority, out.value + lam * entropy),
+      child_log_prob=put(tree.child_log_prob, jnp.where(valid, out.log_probs, -jnp.inf)),
+      child_value=put(tree.child_value, out.child_values),
+      embedding=jax.tree.map(put, tree.embedding, out.embedding),
+      num_forwards=tree.num_forwards + jnp.sum(mask, axis=1, dtype=jnp.int32))
 
 
-def _inherit_parent_value(tree: Tree, slots: jnp.ndarray) -> Tree:
-  """Stage-1 leaves (no forward of their own): V = G = parent's V, H = 0."""
+def _expand(tree: Tree, trie: trie_lib.Trie, expand_fn: ExpandFn, parents: jnp.ndarray,
+            codes: jnp.ndarray, mask: jnp.ndarray, lam: float) -> Tree:
+  """Expands the children `codes` of `parents` ([B, M]) where `mask`: one forward each."""
   rows, num_nodes = _rows(tree), tree.exists.shape[1]
-  parent_value = tree.value[rows, tree.parent[rows, jnp.minimum(slots, num_nodes - 1)]]
-  return tree.replace(value=tree.value.at[rows, slots].set(parent_value, mode='drop'),
-                      priority=tree.priority.at[rows, slots].set(parent_value, mode='drop'))
+  slots = tree.num_forwards[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
+  slots = jnp.where(mask, slots, num_nodes)
+  parents = jnp.where(mask, parents, 0)
+  depth = tree.depth[rows, parents] + 1
+  levels = jnp.arange(tree.num_levels)
+  prefix = jnp.where(levels == depth[..., None] - 1, codes[..., None], tree.prefix[rows, parents])
+
+  def put(field, values):
+    return field.at[rows, slots].set(values, mode='drop')
+
+  grown = tree.replace(
+      exists=put(tree.exists, True), parent=put(tree.parent, parents), depth=put(tree.depth, depth),
+      code=put(tree.code, codes), prefix=put(tree.prefix, prefix),
+      trie_node=put(tree.trie_node, trie_lib.step(trie, tree.trie_node[rows, parents], codes)),
+      cum_log_prob=put(tree.cum_log_prob, tree.cum_log_prob[rows, parents]
+                       + tree.child_log_prob[rows, parents, codes]),
+      child_index=tree.child_index.at[rows, jnp.where(mask, parents, num_nodes), codes].set(
+          slots, mode='drop'))
+  parent_embedding = jax.tree.map(lambda x: x[rows, parents], tree.embedding)
+  out = Expansion(*expand_fn(parent_embedding, codes, depth - 1))
+  return _backup(_record(grown, trie, slots, out, lam, mask), slots)
 
 
 def _backup(tree: Tree, slots: jnp.ndarray) -> Tree:
-  """N += 1 on every node from the root down to each new node `slots` [B, M] (N = subtree size)."""
+  """N += 1 on every node from the root down to each new node `slots` [B, M] (Eq. 13's counts)."""
   rows, num_nodes = _rows(tree), tree.exists.shape[1]
   visits, node = tree.visits, slots
-  for _ in range(tree.prefix.shape[-1] + 1):
+  for _ in range(tree.num_levels):
     visits = visits.at[rows, node].add(1, mode='drop')
     parent = tree.parent[rows, jnp.minimum(node, num_nodes - 1)]
     node = jnp.where((node < num_nodes) & (parent != NO_NODE), parent, num_nodes)
   return tree.replace(visits=visits)
 
 
-def _top_k_masked(scores: jnp.ndarray, mask: jnp.ndarray,
-                  k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Indices [..., k] of the k best masked scores (descending) and whether each is real."""
-  size = scores.shape[-1]
-  _, idx = jax.lax.top_k(jnp.where(mask, scores, -jnp.inf), min(k, size))
-  ok = jnp.take_along_axis(mask, idx, axis=-1)
-  pad = [(0, 0)] * (idx.ndim - 1) + [(0, k - idx.shape[-1])]
-  return jnp.pad(idx, pad), jnp.pad(ok, pad)
+def _top_pairs(scores: jnp.ndarray, mask: jnp.ndarray, k: int):
+  """The k best masked (node, code) pairs of scores [B, N, K]: (nodes, codes, real) each [B, k]."""
+  batch, num_nodes, num_codes = scores.shape
+  flat = jnp.where(mask, scores, -jnp.inf).reshape(batch, -1)
+  kept = min(k, flat.shape[1])
+  best, index = jax.lax.top_k(flat, kept)
+  pad = ((0, 0), (0, k - kept))
+  best, index = jnp.pad(best, pad, constant_values=-jnp.inf), jnp.pad(index, pad)
+  return index // num_codes, index % num_codes, best > -jnp.inf
+
+
+def _empty_tree(root: Expansion, trie: trie_lib.Trie, num_nodes: int) -> Tree:
+  """A tree holding the expanded root (its forward counted)."""
+  batch, num_codes, num_levels = root.log_probs.shape[0], trie.num_codes, trie.num_levels
+  bn, bnk = (batch, num_nodes), (batch, num_nodes, num_codes)
+  embedding = jax.tree.map(
+      lambda x: jnp.zeros((batch, num_nodes) + x.shape[2:], x.dtype), root.embedding)
+  tree = Tree(
+      exists=jnp.zeros(bn, bool).at[:, 0].set(True), parent=jnp.full(bn, NO_NODE, jnp.int32),
+      depth=jnp.zeros(bn, jnp.int32), code=jnp.full(bn, NO_NODE, jnp.int32),
+      prefix=jnp.full(bn + (num_levels,), -1, jnp.int32),
+      trie_node=jnp.full(bn, NO_NODE, jnp.int32).at[:, 0].set(0),
+      cum_log_prob=jnp.zeros(bn, jnp.float32), value=jnp.zeros(bn, jnp.float32),
+      entropy=jnp.zeros(bn, jnp.float32), priority=jnp.zeros(bn, jnp.float32),
+      visits=jnp.zeros(bn, jnp.int32).at[:, 0].set(1),
+      child_log_prob=jnp.full(bnk, -jnp.inf, jnp.float32),
+      child_value=jnp.zeros(bnk, jnp.float32), child_index=jnp.full(bnk, NO_NODE, jnp.int32),
+      embedding=embedding, num_forwards=jnp.zeros((batch,), jnp.int32))
+  return tree
 
 
 def _stage1(tree: Tree, trie: trie_lib.Trie, expand_fn: ExpandFn, cfg: VedConfig) -> Tree:
-  """Stage 1: constrained beam from the root to depth L (budgeted or per-frontier-node top-w)."""
-  rows, num_nodes = _rows(tree), tree.exists.shape[1]
-  num_levels, num_codes = trie.num_levels, trie.num_codes
+  """Stage 1: constrained beam of width w from the root to depth L-1 (one forward per node)."""
+  rows = _rows(tree)
   frontier = jnp.zeros((tree.exists.shape[0], 1), jnp.int32)
-  tree = _evaluate(tree, trie, expand_fn, frontier, cfg.lam)
-  for depth in range(1, num_levels + 1):
-    safe = jnp.minimum(frontier, num_nodes - 1)
-    scores = tree.cum_log_prob[rows, safe][..., None] + tree.children_log_probs[rows, safe]
-    valid = ((frontier < num_nodes)[..., None]
-             & trie_lib.valid_codes(trie, tree.trie_node[rows, safe]))
-    if cfg.unbudgeted_stage1:
-      codes, mask = _top_k_masked(scores, valid, cfg.width)
-      parents = jnp.broadcast_to(frontier[..., None], codes.shape).reshape(codes.shape[0], -1)
-      codes, mask = codes.reshape(parents.shape), mask.reshape(parents.shape)
-    else:
-      flat, mask = _top_k_masked(scores.reshape(scores.shape[0], -1),
-                                 valid.reshape(valid.shape[0], -1), cfg.width)
-      parents = jnp.take_along_axis(frontier, flat // num_codes, axis=1)
-      codes = flat % num_codes
-    tree, frontier = _create(tree, trie, parents, codes, mask)
-    if depth < num_levels:
-      tree = _evaluate(tree, trie, expand_fn, frontier, cfg.lam)
-    else:
-      tree = _inherit_parent_value(tree, frontier)
-    tree = _backup(tree, frontier)
+  alive = jnp.ones(frontier.shape, bool)
+  for _ in range(1, tree.num_levels):
+    scores = tree.cum_log_prob[rows, frontier][..., None] + tree.child_log_prob[rows, frontier]
+    index, codes, real = _top_pairs(scores, alive[..., None] & (scores > -jnp.inf), cfg.width)
+    parents = jnp.take_along_axis(frontier, index, axis=1)
+    slots = tree.num_forwards[:, None] + jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1
+    tree = _expand(tree, trie, expand_fn, parents, codes, real, cfg.lam)
+    frontier, alive = jnp.where(real, slots, 0), real
   return tree
-
-
-def _select(tree: Tree, trie: trie_lib.Trie,
-            beta: float) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-  """Gated UCB descent on one user's tree: (node to widen, its free codes [K], whether any)."""
-  num_levels = trie.num_levels
-  has_child = tree.children_index >= 0
-  free = trie_lib.valid_codes(trie, tree.trie_node) & ~has_child
-  expandable = tree.evaluated & (tree.depth < num_levels) & jnp.any(free, axis=-1)
-  at_depth = tree.exists[:, None] & (tree.depth[:, None] == jnp.arange(num_levels + 1))
-  mean_g = (jnp.sum(jnp.where(at_depth, tree.priority[:, None], 0.0), axis=0)
-            / jnp.maximum(jnp.sum(at_depth, axis=0), 1))[tree.depth]
-  widenable = expandable & (tree.priority >= mean_g - _GATE_RTOL * (1.0 + jnp.abs(mean_g)))
-  child = jnp.maximum(tree.children_index, 0)
-  open_ = widenable
-  for _ in range(num_levels):
-    open_ = widenable | jnp.any(has_child & open_[child], axis=-1)
-  scale = beta * jnp.sqrt(jnp.log(tree.visits[0] + 1.0))
-  u_node = tree.priority + scale / jnp.sqrt(tree.visits + 1.0)
-  u_new = tree.priority + scale / jnp.sqrt(jnp.sum(has_child, axis=-1) + 1.0)
-  node, done = jnp.zeros((), jnp.int32), ~open_[0]
-  for _ in range(num_levels):
-    kids = child[node]
-    u_kids = jnp.where(has_child[node] & open_[kids], u_node[kids], -jnp.inf)
-    best = jnp.argmax(u_kids)
-    stop = done | (widenable[node] & (u_new[node] >= u_kids[best]))
-    node, done = jnp.where(stop, node, kids[best]), stop
-  return node, free[node], open_[0]
 
 
 def _search(tree: Tree, trie: trie_lib.Trie, expand_fn: ExpandFn, keys: jnp.ndarray,
-            cfg: VedConfig) -> Tree:
-  """Stages 2-4: select, gated expansion (one forward per new node), backup, while budget lasts."""
-  total = budget(cfg, trie.num_levels)
-  users = jnp.arange(tree.exists.shape[0])
-
-  def sample_code(key, log_probs, free):
-    """Gumbel-top-1 over the free codes: a draw from the policy restricted to them."""
-    gumbel = jax.random.gumbel(key, log_probs.shape)
-    return jnp.argmax(jnp.where(free, log_probs + gumbel, -jnp.inf)).astype(jnp.int32)
+            cfg: VedConfig, select_fn) -> Tree:
+  """Stages 2-4: score eligible pairs, expand the top k per user in one forward, back up."""
+  total, k = budget(cfg, trie.num_levels), cfg.expansions_per_step
+  max_steps = -(-(total - base_budget(trie.num_levels, cfg.width)) // k)
 
   def body(carry):
     step, _, tree = carry
-    node, free, found = jax.vmap(_select, in_axes=(0, None, None))(tree, trie, cfg.beta)
-    active = found & (tree.num_forwards < total)
+    eligible = tree.eligible()
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
-    code = jax.vmap(sample_code)(step_keys, tree.children_log_probs[users, node], free)
-    tree, slots = _create(tree, trie, node[:, None], code[:, None], active[:, None])
-    tree = _evaluate(tree, trie, expand_fn, slots, cfg.lam)
-    return step + 1, jnp.any(active), _backup(tree, slots)
+    scores = select_fn(tree, eligible, step_keys, cfg)
+    parents, codes, real = _top_pairs(scores, eligible, k)
+    left = total - tree.num_forwards
+    real = real & (jnp.arange(k)[None, :] < left[:, None])
+    tree = _expand(tree, trie, expand_fn, parents, codes, real, cfg.lam)
+    return step + 1, jnp.any(real), tree
 
   def cond(carry):
-    step, any_active, _ = carry
-    return any_active & (step < total)
+    step, any_real, _ = carry
+    return any_real & (step < max_steps)
 
-  _, _, tree = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), jnp.array(True), tree))
-  return tree
+  init = (jnp.zeros((), jnp.int32), jnp.array(max_steps > 0), tree)
+  return jax.lax.while_loop(cond, body, init)[2]
 
 
-def _rank_leaves(tree: Tree, cfg: VedConfig) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-  """Top-G depth-L leaves by the configured score (ties by the other): candidates, valid, scores."""
-  batch_size, num_nodes, num_levels = tree.prefix.shape
-  is_leaf = tree.exists & (tree.depth == num_levels)
-  if cfg.leaf_ranking == 'value':
-    primary, secondary = tree.value, tree.cum_log_prob
+def leaf_scores(tree: Tree, cfg: VedConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(ranking score, tie-break score) [B, N, K] of every candidate leaf, -inf elsewhere."""
+  log_prob = tree.cum_log_prob[..., None] + tree.child_log_prob
+  if cfg.leaf_ranking == 'logprob':
+    primary, secondary = log_prob, tree.child_value
+  elif cfg.leaf_ranking == 'value':
+    primary, secondary = tree.child_value, log_prob
   else:
-    primary, secondary = tree.cum_log_prob, tree.value
-  index = jnp.broadcast_to(jnp.arange(num_nodes), (batch_size, num_nodes))
-  *_, order = jax.lax.sort((~is_leaf, -primary, -secondary, index), dimension=1, num_keys=3)
+    primary, secondary = log_prob + cfg.mix * tree.child_value, log_prob
+  leaves = tree.leaves()
+  return jnp.where(leaves, primary, -jnp.inf), jnp.where(leaves, secondary, -jnp.inf)
+
+
+def _rank_leaves(tree: Tree, cfg: VedConfig):
+  """Top-G candidate leaves by the leaf ranking (ties by the other score, then by index).
+
+  Returns candidates [B, G, L] (-1 rows where invalid), valid [B, G], scores [B, G].
+  """
+  primary, secondary = (x.reshape(x.shape[0], -1) for x in leaf_scores(tree, cfg))
+  batch, size = primary.shape
+  index = jnp.broadcast_to(jnp.arange(size), (batch, size))
+  *_, order = jax.lax.sort((-primary, -secondary, index), dimension=1, num_keys=3)
   order = order[:, :cfg.group_size]
   pad = ((0, 0), (0, cfg.group_size - order.shape[1]))
-  valid = jnp.pad(jnp.take_along_axis(is_leaf, order, axis=1), pad)
+  best = jnp.pad(jnp.take_along_axis(primary, order, axis=1), pad, constant_values=-jnp.inf)
   order = jnp.pad(order, pad)
-  prefixes = jnp.take_along_axis(tree.prefix, order[..., None], axis=1)
-  candidates = jnp.where(valid[..., None], prefixes, -1)
-  scores = jnp.where(valid, jnp.take_along_axis(primary, order, axis=1), -jnp.inf)
-  return candidates, valid, scores
+  valid = best > -jnp.inf
+  num_codes, last = tree.child_log_prob.shape[-1], tree.num_levels - 1
+  prefix = tree.prefix[_rows(tree), order // num_codes]
+  cand = jnp.where(jnp.arange(tree.num_levels) == last, (order % num_codes)[..., None], prefix)
+  return jnp.where(valid[..., None], cand, -1), valid, best
 
 
-def ved(expand_fn: ExpandFn, trie: trie_lib.Trie, key: jnp.ndarray, cfg: VedConfig,
-        batch_size: int) -> VedOutput:
-  """Value-Guided Efficient Decoding for `batch_size` users under a static forward budget.
+def ved(root_fn: RootFn, expand_fn: ExpandFn, trie: trie_lib.Trie, keys: jnp.ndarray,
+        cfg: VedConfig, select_fn: Optional[Callable] = None) -> VedOutput:
+  """Value-Guided Efficient Decoding for B users under a static forward budget.
 
   Args:
-    expand_fn: (prefix [B, W, L] int32, depth [B, W] int32) -> (log_probs
-      [B, W, K] float32 over the level-`depth` code, values [B, W] float32);
-      codes past `depth` are -1 padding. Called on depth-L prefixes too (for
-      V only). Log-probs must be finite on trie-valid codes.
+    root_fn: () -> Expansion of every user's root (the empty prefix), M = 1.
+    expand_fn: (parent embedding [B, M, ...], code [B, M], parent depth [B, M]) ->
+      Expansion of the M children parent.code per user.
     trie: the SID trie (valid codes per prefix).
-    key: PRNG key, consumed.
+    keys: [B] PRNG keys, one per user (the selection rule's randomness).
     cfg: static VedConfig.
-    batch_size: B, users (each with an independent tree).
+    select_fn: a selection rule (decode.selection); default RULES[cfg.selection].
 
   Returns:
-    VedOutput with the top-G leaves, their validity and scores, the tree and
-    the forwards spent per user.
+    VedOutput with the top-G leaves, their validity and scores, the tree and the
+    forwards spent per user.
   """
+  select_fn = select_fn or selection.RULES[cfg.selection]
   trie = jax.tree.map(jnp.asarray, trie)
-  tree = _empty_tree(batch_size, num_tree_nodes(cfg, trie.num_levels), trie.num_levels,
-                     trie.num_codes)
+  root = Expansion(*root_fn())
+  num_nodes = budget(cfg, trie.num_levels)
+  tree = _empty_tree(root, trie, num_nodes)
+  tree = _record(tree, trie, jnp.zeros((root.value.shape[0], 1), jnp.int32), root, cfg.lam,
+                 jnp.ones((root.value.shape[0], 1), bool))
   tree = _stage1(tree, trie, expand_fn, cfg)
-  tree = _search(tree, trie, expand_fn, jax.random.split(key, batch_size), cfg)
+  tree = _search(tree, trie, expand_fn, keys, cfg, select_fn)
   candidates, valid, scores = _rank_leaves(tree, cfg)
   return VedOutput(candidates=candidates, valid=valid, scores=scores, tree=tree,
                    num_forwards=tree.num_forwards)

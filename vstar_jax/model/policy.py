@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from vstar_jax.model import attention
 from vstar_jax.model import decoder
+from vstar_jax.model import layout
 
 
 def beam_policy(params, cfg: decoder.DecoderConfig, history):
@@ -33,8 +34,41 @@ def beam_policy(params, cfg: decoder.DecoderConfig, history):
   return attention.init_suffix_cache(cfg, history.shape[0], 1), step
 
 
+def ved_policy(params, cfg: decoder.DecoderConfig, history):
+  """(root_fn, expand_fn) of decode.ved.ved for users history [B, T, L].
+
+  Both return (log_probs [B, M, K], V [B, M], Q [B, M, K], embedding), a decode.ved.Expansion.
+
+  A tree node's embedding is its suffix KV cache, k and v [B, M, layers, L, H, Dh] (slot j
+  holds SEP for j = 0, else code j-1; slots past the node's depth are unused), so expanding
+  a child feeds ONE token on top of its parent's cache: the cost of a beam step.
+  """
+  prompt = decoder.prefill(params, cfg, history)
+  batch, num_levels = history.shape[0], cfg.num_levels
+
+  def expansion(out):
+    log_probs, value, q, k, v = out
+    cache = (jnp.moveaxis(k, 0, 2), jnp.moveaxis(v, 0, 2))   # [B, M, layers, L, H, Dh]
+    return log_probs, value, q, cache
+
+  def root_fn():
+    zero = jnp.zeros((batch, 1), jnp.int32)
+    empty = jnp.zeros((cfg.num_layers, batch, 1, num_levels, cfg.num_heads, cfg.head_dim),
+                      jnp.dtype(cfg.dtype))
+    return expansion(decoder.node_forward(params, cfg, prompt, empty, empty, zero,
+                                          zero + layout.SEP, zero + num_levels))
+
+  def expand_fn(embedding, code, parent_depth):
+    k, v = (jnp.moveaxis(x, 2, 0) for x in embedding)        # [layers, B, M, L, H, Dh]
+    tokens = layout.code_tokens(cfg, code, parent_depth)
+    return expansion(decoder.node_forward(params, cfg, prompt, k, v, parent_depth + 1, tokens,
+                                          parent_depth))
+
+  return root_fn, expand_fn
+
+
 def candidate_log_probs(params, batch: dict, *, cfg: decoder.DecoderConfig):
-  """Log-probs and values along each user's G candidates (the policy fn of rl.loss.rl_loss).
+  """Log-probs, V and Q along each user's G candidates (the policy fn of rl.loss.rl_loss).
 
   The prompt is prefilled once per user and shared by its G candidates; each
   candidate's suffix [SEP, c_0 .. c_{L-1}] is then run by decoder.prefix_forward at
@@ -48,19 +82,23 @@ def candidate_log_probs(params, batch: dict, *, cfg: decoder.DecoderConfig):
     cfg: the DecoderConfig.
 
   Returns:
-    token log-probs [B, G, L] and values [B, G, L+1] (V of each candidate's prefixes
-    of length 0..L); 0 for invalid candidates.
+    token log-probs [B, G, L], values [B, G, L+1] (V of each candidate's prefixes of length
+    0..L) and q [B, G, L] (Q(y_<l, y_l): the Q head's value of each candidate's own code);
+    0 for invalid candidates.
   """
   cand, valid = batch['cand'], batch['valid']
   codes = jnp.maximum(cand, 0)
   prompt = decoder.prefill(params, cfg, batch['history'])
-  token_logp, values = [], []
+  token_logp, values, q_taken = [], [], []
   for depth in range(cfg.num_levels + 1):
-    log_probs, value = decoder.prefix_forward(params, cfg, prompt, codes,
-                                              jnp.full(codes.shape[:2], depth, jnp.int32))
+    log_probs, value, q = decoder.prefix_forward(params, cfg, prompt, codes,
+                                                 jnp.full(codes.shape[:2], depth, jnp.int32))
     if depth < cfg.num_levels:
-      token_logp.append(jnp.take_along_axis(log_probs, codes[..., depth, None], axis=-1)[..., 0])
+      taken = codes[..., depth, None]
+      token_logp.append(jnp.take_along_axis(log_probs, taken, axis=-1)[..., 0])
+      q_taken.append(jnp.take_along_axis(q, taken, axis=-1)[..., 0])
     values.append(value)
   keep = valid[..., None]
   return (jnp.where(keep, jnp.stack(token_logp, axis=-1), 0.0),
-          jnp.where(keep, jnp.stack(values, axis=-1), 0.0))
+          jnp.where(keep, jnp.stack(values, axis=-1), 0.0),
+          jnp.where(keep, jnp.stack(q_taken, axis=-1), 0.0))

@@ -1,6 +1,6 @@
 """The Sibling-GRPO objective (paper Sec. 4.3, Eq. 19 + GRPO + KL) and one data-parallel update.
 
-The loss is written against a generic `policy_fn(params, batch) -> (token_logp, values)` so
+The loss is written against a generic `policy_fn(params, batch) -> (token_logp, values, q)` so
 any policy (the decoder through model.policy.candidate_log_probs, or a toy policy in
 tests) can be plugged in. `local_update` is the per-shard optimizer step inside
 `jax.shard_map(..., check_vma=False)` over the 'data' axis: every mean uses the global
@@ -39,6 +39,16 @@ class LossConfig:
   w_value: float = 0.5
 
 
+def head_losses(values: jnp.ndarray, q: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
+                axis_name: Optional[str]) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """MSE of V at nodes 0..L (values, targets [B, G, L+1]) and of Q(y_<l, y_l) (q [B, G, L]) on
+  target[l + 1], the value of the child it predicts; means over the valid candidates."""
+  value_mask = jnp.broadcast_to(valid[..., None], values.shape)
+  q_mask = jnp.broadcast_to(valid[..., None], q.shape)
+  return (parallel.global_mean((values - targets) ** 2, value_mask, axis_name),
+          parallel.global_mean((q - targets[..., 1:]) ** 2, q_mask, axis_name))
+
+
 def _clipped_pg(ratio: jnp.ndarray, adv: jnp.ndarray, clip_eps: float) -> jnp.ndarray:
   """PPO clipped surrogate, negated to a per-token loss."""
   clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
@@ -60,20 +70,20 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
         [B, G, L] per-token advantages (the alpha-blend of group and sibling advantages),
       sibling_adv: [B, G, L] sibling advantages A(y_<l, y_l),
       value_targets: [B, G, L+1] value-head targets.
-    policy_fn: (params, batch) -> (token_logp [B, G, L], values [B, G, L+1]).
+    policy_fn: (params, batch) -> (token_logp [B, G, L], values [B, G, L+1], q [B, G, L]).
     cfg: loss coefficients.
     axis_name: mesh axis the batch is sharded over, or None. With an axis every mean
       uses the global count, so the returned loss and metrics are this shard's share
       and sum to the global values over the axis.
 
   Returns:
-    (loss, metrics) where every term is a mean over valid tokens (GRPO, KL, value,
-    clip fraction, nll), the sibling loss a mean over valid tokens with a non-zero
+    (loss, metrics) where every term is a mean over valid tokens (GRPO, KL, value and Q
+    MSE, clip fraction, nll), the sibling loss a mean over valid tokens with a non-zero
     sibling advantage. `nll` is the mean negative log-prob of the candidate tokens
     (the policy's full entropy is not available from token log-probs).
   """
-  token_logp, values = policy_fn(params, batch)
-  ref_logp, _ = policy_fn(ref_params, batch)
+  token_logp, values, q = policy_fn(params, batch)
+  ref_logp = policy_fn(ref_params, batch)[0]
   ref_logp = lax.stop_gradient(ref_logp)
   valid = batch['valid']
   token_mask = jnp.broadcast_to(valid[..., None], token_logp.shape)
@@ -91,9 +101,8 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
                                  axis_name)
   log_ratio_ref = ref_logp - token_logp
   kl = parallel.global_mean(jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0, token_mask, axis_name)
-  value_mask = jnp.broadcast_to(valid[..., None], values.shape)
-  value = parallel.global_mean((values - batch['value_targets']) ** 2, value_mask, axis_name)
-  loss = grpo + cfg.w_sib * sibling + cfg.kl_beta * kl + cfg.w_value * value
+  value, q_loss = head_losses(values, q, batch['value_targets'], valid, axis_name)
+  loss = grpo + cfg.w_sib * sibling + cfg.kl_beta * kl + cfg.w_value * (value + q_loss)
 
   clipped = (((ratio < 1.0 - cfg.clip_eps) & (group_adv < 0))
              | ((ratio > 1.0 + cfg.clip_eps) & (group_adv > 0)))
@@ -103,6 +112,7 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
       'sibling_loss': sibling,
       'kl': kl,
       'value_loss': value,
+      'q_loss': q_loss,
       'clip_frac': parallel.global_mean(clipped, token_mask, axis_name),
       'sibling_frac': parallel.global_mean(sibling_adv != 0, token_mask, axis_name),
       'nll': parallel.global_mean(-token_logp, token_mask, axis_name),

@@ -19,8 +19,6 @@ import jax
 import jax.numpy as jnp
 
 from vstar_jax.decode import search
-from vstar_jax.decode import ved as ved_lib
-from vstar_jax.model import decoder
 
 
 def user_keys(key: jax.Array, user_index: jnp.ndarray) -> jax.Array:
@@ -38,16 +36,10 @@ def beam_rollout(params, trie, history, user_index, key, *, cfg, settings) -> di
 
 
 def ved_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:
-  """V-STAR's rollouts: Value-Guided Efficient Decoding (paper Sec. 4.2) under a forward budget."""
-
-  def one_user(user_history, user_key):
-    prompt = decoder.prefill(params, cfg, user_history[None])
-    out = ved_lib.ved(lambda p, d: decoder.prefix_forward(params, cfg, prompt, p, d), trie,
-                      user_key, settings.ved, 1)
-    return out.candidates[0], out.valid[0], out.scores[0], out.num_forwards[0]
-
-  cand, valid, score, forwards = jax.vmap(one_user)(history, user_keys(key, user_index))
-  return {'cand': cand, 'valid': valid, 'rank_score': score, 'forwards': forwards}
+  """V-STAR's rollouts: Value-Guided Efficient Decoding (paper Sec. 4.2), one batched search."""
+  out = search.ved_search(params, cfg, trie, history, user_keys(key, user_index), settings.ved)
+  return {'cand': out.candidates, 'valid': out.valid, 'rank_score': out.scores,
+          'forwards': out.num_forwards}
 
 
 RolloutFn = Callable[..., dict]

@@ -127,7 +127,7 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
   ro = rollouts.ROLLOUTS[settings.rollout](state.params, trie, batch['history'],
                                            batch['user_index'], key, cfg=cfg, settings=settings)
   fwd = {'history': batch['history'], 'cand': ro['cand'], 'valid': ro['valid']}
-  old_logp, old_values = policy_fn(state.params, fwd)
+  old_logp, old_values, _ = policy_fn(state.params, fwd)
   scored = score_rollout(ro, batch, old_values, trie, item_emb, settings)
   loss_batch = dict(fwd, old_logp=old_logp, group_adv=scored['group_adv'],
                     sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'])

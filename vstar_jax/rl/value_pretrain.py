@@ -1,14 +1,14 @@
-"""Value-head pretraining on rollouts of the frozen SFT policy (V-STAR Sec. 1.2, value head).
+"""Value- and Q-head pretraining on rollouts of the frozen SFT policy (paper Sec. 4.1).
 
-VED ranks tree nodes by G(s) = V(s) + lambda*H(s) and, by default, its leaves by V,
-so V must mean something before RL starts: SFT never trains it. Here only
-params['value_head'] learns (the loss is differentiated w.r.t. that subtree alone,
-so the backbone and the policy are frozen) on the candidates of train users,
-regressing V at every node of each candidate's path (depths 0..L) onto one-step
-TD targets built from the dense per-level prefix reward (rewards.prefix_reward,
-gamma = 0.99). The RL loop's value loss uses the same targets
-(rewards.dense_value_targets) and the same masked mean (parallel.global_mean), so
-pretraining and RL optimise one objective.
+VED ranks nodes and leaves by V, Q and G(s) = V(s) + lambda*H(s) (Eq. 11), so the heads
+must mean something before RL starts: SFT never trains them. Here only the heads
+(model.value_head.HEADS: params['value_head'], params['q_head']) learn (the loss is
+differentiated w.r.t. those subtrees alone, so the backbone and the policy are frozen) on
+the candidates of the rollout users (the RL holdout: rows the SFT policy has not fit),
+regressing V at every node of each candidate's path (depths 0..L) and Q(y_<l, y_l) onto
+one-step TD targets built from the dense per-level prefix reward (rewards.prefix_reward,
+gamma = 0.99). The RL loop's value loss uses the same targets (rewards.dense_value_targets)
+and the same losses (rl.loss.head_losses), so pretraining and RL optimise one objective.
 
 Like the RL iteration, `value_step` runs per device under `jax.shard_map` over the
 'data' axis (users sharded, params replicated, head grads psum-ed as in rl.loss).
@@ -27,42 +27,43 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vstar_jax import parallel
+from vstar_jax.model import value_head
 from vstar_jax.rl import loss as loss_lib
 from vstar_jax.rl import rewards
 from vstar_jax.sid import trie as trie_lib
 
-HEAD = 'value_head'
+HEADS = value_head.HEADS
 
 # (params, trie, history [B, T, L], user_index [B], key) -> dict with cand [B, G, L],
 # valid [B, G] (and whatever else the rollout reports).
 RolloutFn = Callable[..., dict]
 
 
-def value_mse(values: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
-              axis_name: Optional[str]) -> jnp.ndarray:
-  """Mean squared error over the valid candidates' nodes (the value term of rl.loss.rl_loss)."""
-  mask = jnp.broadcast_to(valid[..., None], values.shape)
-  return parallel.global_mean((values - targets) ** 2, mask, axis_name)
+def heads_of(params) -> dict:
+  """The params subtrees of the value heads (what pretraining trains)."""
+  return {name: params[name] for name in HEADS}
 
 
 def _value_step_shard(params, opt_state, batch, trie, item_emb, key, *, policy_fn, rollout_fn,
                       tcfg: rewards.ValueTargetConfig, optimizer, axis_name: str):
-  """Per-device: rollout, TD targets from the current V, one Adam step on the value head."""
+  """Per-device: rollout, TD targets from the current V, one Adam step on the heads."""
   rollout = rollout_fn(params, trie, batch['history'], batch['user_index'], key)
   fwd = {'history': batch['history'], 'cand': rollout['cand'], 'valid': rollout['valid']}
 
-  def loss_fn(head):
-    _, values = policy_fn({**params, HEAD: head}, fwd)
+  def loss_fn(heads):
+    _, values, q = policy_fn({**params, **heads}, fwd)
     targets = rewards.dense_value_targets(rollout['cand'], rollout['valid'], batch['target'],
-                                  batch['target_item'], values, trie, item_emb, tcfg)
-    return value_mse(values, targets, rollout['valid'], axis_name)
+                                          batch['target_item'], values, trie, item_emb, tcfg)
+    value, q_loss = loss_lib.head_losses(values, q, targets, rollout['valid'], axis_name)
+    return value + q_loss, {'value_loss': value, 'q_loss': q_loss}
 
-  loss, grads = jax.value_and_grad(loss_fn)(params[HEAD])
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(heads_of(params))
   grads = lax.psum(grads, axis_name)
-  updates, opt_state = optimizer.update(grads, opt_state, params[HEAD])
-  params = {**params, HEAD: optax.apply_updates(params[HEAD], updates)}
-  return params, opt_state, {'value_loss': lax.psum(loss, axis_name),
-                             'grad_norm': optax.tree.norm(grads)}
+  updates, opt_state = optimizer.update(grads, opt_state, heads_of(params))
+  params = {**params, **optax.apply_updates(heads_of(params), updates)}
+  metrics = lax.psum(metrics, axis_name)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  return params, opt_state, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +79,12 @@ class ValueTrainer:
 def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn,
                     tcfg: rewards.ValueTargetConfig,
                     lr: float, clip_norm: float, mesh: Mesh) -> ValueTrainer:
-  """The sharded value step: rollout, TD targets, one clipped-Adam step on the value head.
+  """The sharded value step: rollout, TD targets, one clipped-Adam step on the value heads.
 
   `batch` holds history [B, T, L], target [B, L], target_item [B] and user_index [B]
   (the row's position in the global batch, which seeds its rollout), sharded over
-  the mesh's 'data' axis; params, the head's optimizer state, trie, item_emb and key
-  are replicated. Only params['value_head'] changes; metrics: value_loss (before the
+  the mesh's 'data' axis; params, the heads' optimizer state, trie, item_emb and key
+  are replicated. Only the HEADS subtrees change; metrics: value_loss, q_loss (before the
   step) and grad_norm.
   """
   optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(lr))
@@ -109,7 +110,7 @@ def pretrain(trainer: ValueTrainer, params: Any, batches: Iterable[dict], trie: 
     mesh: the mesh of the step (the head's optimizer state is replicated on it).
     log_fn: called as log_fn(step, metrics) with host metrics after each step.
   """
-  opt_state = parallel.replicate(trainer.optimizer.init(params[HEAD]), mesh)
+  opt_state = parallel.replicate(trainer.optimizer.init(heads_of(params)), mesh)
   losses = []
   for i, batch in enumerate(batches):
     params, opt_state, metrics = trainer.step(params, opt_state, batch, trie, item_emb,

@@ -76,7 +76,7 @@ def sft_loss(params, cfg: decoder.DecoderConfig, history, target, rng, label_smo
   Returns:
     loss [] and metrics {'nll', 'acc_L1'.. per level}.
   """
-  log_probs, _ = decoder.forward_train(params, cfg, history, target, rng=rng, train=True)
+  log_probs, _, _ = decoder.forward_train(params, cfg, history, target, rng=rng, train=True)
   onehot = jax.nn.one_hot(target, cfg.num_codes)
   smoothed = (1.0 - label_smoothing) * onehot + label_smoothing / cfg.num_codes
   loss = -(smoothed * log_probs).sum(-1).mean()
