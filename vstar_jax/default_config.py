@@ -106,6 +106,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.max_history = 10
   c.data.on_bad_row = 'error'  # 'error' | 'skip' (skip logs and counts bad rows)
+  # RL holdout (data/holdout.py): the last train row of this fraction of the users moves out
+  # of SFT into split 'holdout' (0: none), for RL rollouts (rl.train_splits=('holdout',)).
+  c.data.holdout = 0.0
+  c.data.holdout_seed = 0      # which users: fixed across model seeds, so runs are comparable
 
   c.synthetic = ml_collections.ConfigDict()
   c.synthetic.num_items = 400
@@ -147,6 +151,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.valid_max_rows = 1000
   c.sft.valid_beams = 20
   c.sft.keep_best = True
+  # Workdir whose kept SFT model this run starts from ('' = a fresh init): continued SFT, e.g.
+  # on the RL holdout rows (sft.train_splits=('holdout',)), the control RL is compared with.
+  c.sft.init_workdir = ''
 
   c.rl = rl_config()
 

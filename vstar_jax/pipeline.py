@@ -85,8 +85,9 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ty
   dataset = loading.load(config)
   if config.sid.source == 'learned':
     index = workdir / 'sid' / 'index.json'
-    if not index.exists() and config.rl.init_workdir:  # RL from another run: its SIDs too
-      index = pathlib.Path(config.rl.init_workdir) / 'sid' / 'index.json'
+    init = config.rl.init_workdir or config.sft.init_workdir
+    if not index.exists() and init:  # starting from another run's model: its SIDs too
+      index = pathlib.Path(init) / 'sid' / 'index.json'
     if not index.exists():
       run_sid(config, workdir, dataset)
       index = workdir / 'sid' / 'index.json'
@@ -187,12 +188,16 @@ def plot_stage(workdir: pathlib.Path, stage: str, keys: list[str]) -> None:
 def run_sft(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
   """Trains the decoder (resuming if W has a checkpoint), then evaluates -> W/eval/sft_<split>/."""
   dataset = dataset or load_dataset(config, workdir)
+  init_params = None
+  if config.sft.init_workdir:
+    init_params = restore_sft_from(config, 'sft.init_workdir', config.sft.init_workdir, dataset)[0]
   start = time.time()
-  result = sft.train(config, dataset, workdir)
+  result = sft.train(config, dataset, workdir, init_params=init_params)
   train_wall = time.time() - start
   plot_stage(workdir, sft.STAGE, ['loss', 'acc_L1', 'acc_L3', 'valid_NDCG@10', 'valid_HR@10'])
   extra = {'train_wall_s': train_wall, 'train_steps': result.steps,
            'train_splits': list(config.sft.train_splits), 'seed': config.seed,
+           'init_workdir': config.sft.init_workdir, 'holdout': config.data.holdout,
            'best_valid_NDCG@10': result.best_valid.get(sft.BEST_METRIC)}
   return evaluate_params(config, workdir, dataset, result.params, result.cfg, 'sft', extra)
 
@@ -218,6 +223,17 @@ def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage:
                      f'or --config.sft.ema_decay={config.sft.ema_decay} differ from the run that '
                      f'wrote them): {e}') from e
   return None if restored is None else (sft.eval_params(restored[0]), cfg)
+
+
+def restore_sft_from(config, flag: str, init: str, dataset: types.Dataset):
+  """(params, cfg) of the kept SFT model of workdir `init` (set by --config.<flag>); clear error
+  if it has none."""
+  restored = restore_params(config, pathlib.Path(init), dataset, sft.STAGE)
+  if restored is None:
+    raise FileNotFoundError(f'--config.{flag}={init}: no SFT checkpoint under '
+                            f'{init}/checkpoints/{sft.STAGE}; run --config.mode=sft there first')
+  logging.info('%s: starting from the SFT checkpoint of %s', flag.split('.')[0], init)
+  return restored
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
@@ -284,12 +300,7 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
   """V-STAR RL from the SFT checkpoint (training SFT first if there is none) -> W/eval/rl_<split>/."""
   dataset = dataset or load_dataset(config, workdir)
   if config.rl.init_workdir:
-    init = pathlib.Path(config.rl.init_workdir)
-    restored = restore_params(config, init, dataset, sft.STAGE)
-    if restored is None:
-      raise FileNotFoundError(f'--config.rl.init_workdir={init}: no SFT checkpoint under '
-                              f'{init}/checkpoints/{sft.STAGE}; run --config.mode=sft there first')
-    logging.info('rl: starting from the SFT checkpoint of %s', init)
+    restored = restore_sft_from(config, 'rl.init_workdir', config.rl.init_workdir, dataset)
   else:
     restored = restore_params(config, workdir, dataset, sft.STAGE)
   if restored is None:

@@ -23,8 +23,8 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
   if r.reward not in rewards.REWARDS:
     bad('reward', f'{r.reward!r} is not one of {tuple(rewards.REWARDS)}')
   for split in r.train_splits:
-    if split not in ('train', 'valid'):
-      bad('train_splits', f'{split!r} is not train or valid')
+    if split not in ('train', 'valid', 'holdout'):
+      bad('train_splits', f'{split!r} is not train, valid or holdout')
   if r.group_size < 2:
     bad('group_size', f'must be >= 2 (advantages are relative within a group), got {r.group_size}')
   if not (r.alpha == -1 or 0 <= r.alpha <= 1):

@@ -46,8 +46,8 @@ def validate_config(s: ml_collections.ConfigDict) -> None:
     raise ConfigError('sft.valid_beams',
                       f'must be >= 10 (validation selects by NDCG@10), got {s.valid_beams}')
   for split in s.train_splits:
-    if split not in ('train', 'valid'):
-      raise ConfigError('sft.train_splits', f'{split!r} is not train or valid')
+    if split not in ('train', 'valid', 'holdout'):
+      raise ConfigError('sft.train_splits', f'{split!r} is not train, valid or holdout')
 
 
 def decoder_config(config: ml_collections.ConfigDict, dataset: types.Dataset) -> decoder.DecoderConfig:
@@ -149,18 +149,21 @@ def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: floa
 
 
 def initial_state(cfg: decoder.DecoderConfig, optimizer, init_key: jax.Array, state_key: jax.Array,
-                  ema_decay: float, dataset: types.Dataset | None = None) -> state_lib.TrainState:
+                  ema_decay: float, dataset: types.Dataset | None = None,
+                  init_params=None) -> state_lib.TrainState:
   """Step-0 state; with ema_decay > 0 it also carries the weight EMA (initialised to the weights).
 
   With `dataset`, the frozen item-feature table (cfg.item_feature_dim > 0) is filled from
   its item_features. Without it this is the restore template for SFT checkpoints (its
-  structure must match what was saved).
+  structure must match what was saved). `init_params` (continued SFT) replace the fresh init.
   """
   features = None
   if dataset is not None and cfg.item_feature_dim:
     features = layout.item_feature_table(dataset.item_codes, dataset.num_codes,
                                           dataset.item_features)[1]
   params = decoder.init_params(cfg, init_key, features)
+  if init_params is not None:
+    params = jax.tree.map(jnp.array, init_params)
   # A copy, not an alias: the train step donates the state, and one buffer cannot be donated twice.
   extra = {EMA_KEY: jax.tree.map(jnp.copy, params)} if ema_decay > 0 else None
   return state_lib.TrainState.create(params, optimizer, state_key, extra=extra)
@@ -206,7 +209,7 @@ class SftResult:
 
 
 def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pathlib.Path,
-          stop_at_step: int | None = None) -> SftResult:
+          stop_at_step: int | None = None, init_params=None) -> SftResult:
   """Trains (or resumes training of) the decoder; returns the best-by-valid params.
 
   Args:
@@ -215,6 +218,8 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
     workdir: run directory (checkpoints under workdir/checkpoints/sft).
     stop_at_step: stop once this many steps are done, as a preemption would
       (tests use it to check that a resumed run matches an uninterrupted one).
+    init_params: start from these params (continued SFT; sft.init_workdir) instead of a fresh
+      init; the optimizer (and the EMA, from these params) starts afresh.
   """
   s = config.sft
   cfg = decoder_config(config, dataset)
@@ -224,7 +229,8 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   optimizer = make_optimizer(s, plan)
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
   run = run_loop.StageRun(workdir, STAGE)
-  state, _ = run.resume(initial_state(cfg, optimizer, init_key, state_key, s.ema_decay, dataset))
+  state = initial_state(cfg, optimizer, init_key, state_key, s.ema_decay, dataset, init_params)
+  state, _ = run.resume(state)
   valid_rows = batching.validation_rows(len(dataset.splits[s.valid_split]), s.valid_max_rows)
   train_step = make_train_step(cfg, optimizer, s.label_smoothing, s.ema_decay, s.history_dropout)
   progress = metrics_log.Progress('sft', plan.total_steps, start=int(state.step))
