@@ -1,0 +1,106 @@
+"""A trained workdir as the benchmarks see it: its own config, data, kept model and value heads.
+
+The config is the one the run recorded (W/config.json: model size, SIDs, data holdout, EMA),
+so any workdir the CLI trained restores without model flags. The model is W's kept RL
+policy when there is one (its V and Q heads trained during RL), else its kept SFT model
+with the heads fitted on rollouts of the RL rows (config.rl.train_splits: the holdout rows
+the SFT policy never fit) by rl.value_pretrain, as the RL stage does before iterating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from vstar_jax import default_config
+from vstar_jax import parallel
+from vstar_jax import pipeline
+from vstar_jax.data import batching
+from vstar_jax.data import types
+from vstar_jax.model import decoder
+from vstar_jax.rl import loop
+from vstar_jax.rl import settings as settings_lib
+from vstar_jax.rl import step as step_lib
+from vstar_jax.rl import value_pretrain
+from vstar_jax.sid import trie as trie_lib
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  config: ml_collections.ConfigDict
+  dataset: types.Dataset
+  params: dict
+  cfg: decoder.DecoderConfig
+  trie: trie_lib.Trie
+  heads: str        # where the value heads come from
+  head_losses: list
+
+
+def recorded_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """W's recorded config on top of today's defaults (knobs added since keep their defaults)."""
+  path = workdir / 'config.json'
+  if not path.is_file():
+    raise SystemExit(f'{path} not found: --workdir must be a run the CLI trained')
+  config = default_config.base_config()
+
+  def merge(into, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in into and isinstance(into[key], ml_collections.ConfigDict):
+        merge(into[key], value)
+      elif key in into:
+        into[key] = tuple(value) if isinstance(value, list) else value
+
+  merge(config, json.loads(path.read_text()))
+  return config
+
+
+def load(workdir: str, data_dir: str = '', dataset_name: str = '', head_steps: int = 100,
+         seed: int = 0) -> TrainedRun:
+  """The kept model of `workdir` with trained value heads (fitted for `head_steps` if needed)."""
+  workdir = pathlib.Path(workdir)
+  config = recorded_config(workdir)
+  if data_dir:
+    config.data_dir = data_dir
+  if dataset_name and dataset_name != config.dataset:
+    raise SystemExit(f'--dataset={dataset_name} but {workdir} was trained on {config.dataset}')
+  dataset = pipeline.load_dataset(config, workdir)
+  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
+  restored = pipeline.restore_params(config, workdir, dataset, 'sft')
+  if restored is None:
+    raise SystemExit(f'no SFT checkpoint in {workdir}/checkpoints/sft: train one first')
+  params, cfg = restored
+  rl_params = loop.restore_best_params(config, workdir, params)
+  if rl_params is not None:
+    return TrainedRun(config, dataset, rl_params, cfg, trie, 'rl_checkpoint', [])
+  params, losses = fit_heads(config, dataset, params, cfg, head_steps, seed)
+  return TrainedRun(config, dataset, params, cfg, trie,
+                    f'fitted_{head_steps}_steps_on_{"+".join(config.rl.train_splits)}', losses)
+
+
+def fit_heads(config, dataset, params, cfg, steps: int, seed: int):
+  """V and Q fitted on `steps` batches of rollouts of the frozen policy (rl.value_pretrain)."""
+  r = config.rl
+  settings = settings_lib.RlSettings.from_config(r)
+  mesh = parallel.make_mesh()
+  programs = step_lib.make_programs(cfg, settings, mesh)
+  users = batching.UserRows.from_dataset(dataset, r.train_splits)
+  per_epoch = len(users) // r.batch_users
+  batches = (users.batch(batching.batch_rows(len(users), r.batch_users, seed, 0, i % per_epoch),
+                         mesh) for i in range(steps))
+  trie = parallel.replicate(trie_lib.build_trie(dataset.item_codes, dataset.num_codes), mesh)
+  params, losses = value_pretrain.pretrain(programs.value, parallel.replicate(params, mesh),
+                                           batches, trie, None, jax.random.key(seed), mesh)
+  logging.info('value heads: loss %.4f -> %.4f over %d steps on %s', losses[0], losses[-1],
+               len(losses), r.train_splits)
+  return jax.device_get(params), losses
+
+
+def eval_users(dataset: types.Dataset, split: str, max_users: int) -> np.ndarray:
+  """Evenly spaced rows of `split` (the validation rows' rule: not just the earliest ones)."""
+  return batching.validation_rows(len(dataset.splits[split]), max_users)
