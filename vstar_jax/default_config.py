@@ -85,8 +85,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f'--config.{flag}: {msg}')
   if c.mode not in MODES:
     bad('mode', f'{c.mode!r} is not one of {MODES}')
-  if c.dataset not in ('industrial', 'office', 'synthetic'):
-    bad('dataset', f'{c.dataset!r} is not industrial, office or synthetic')
+  if c.dataset not in ('industrial', 'office', 'synthetic', 'prepared'):
+    bad('dataset', f'{c.dataset!r} is not industrial, office, synthetic or prepared')
   if c.data.max_history < 1:
     bad('data.max_history', f'must be >= 1, got {c.data.max_history}')
   if c.data.on_bad_row not in ('error', 'skip'):
