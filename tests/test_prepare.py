@@ -275,3 +275,23 @@ def test_minilm_embeddings_if_the_text_extra_is_installed(tmp_path):
   emb = np.load(tmp_path / 'index' / 'Office.emb-minilm-td.npy')
   assert emb.shape == (4, 384) and stats['embeddings']['encoder'] == 'minilm-td'
   assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+
+
+def test_prepared_config_validates_and_takes_max_history_from_stats(tmp_path):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from vstar_jax import default_config  # pylint: disable=import-outside-toplevel
+  from vstar_jax.data import loading  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('prepared_config', REPO / 'configs' / 'prepared.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  _prepare_2018(tmp_path)
+  c = module.get_config(str(tmp_path / 'Office'))
+  default_config.validate(c)
+  assert (c.dataset, c.data_dir, c.data.name, c.data.max_history) == ('prepared', str(tmp_path), 'Office', 2)
+  assert (c.sid.source, c.sft.ema_decay, c.rl.lr) == ('given', 0.995, 1e-5)
+  with pytest.raises(amazon.DataError, match='no SIDs yet'):
+    loading.load(c)
+  sids.write_sids(tmp_path, 'Office', np.arange(12).reshape(4, 3))
+  assert loading.load(c).num_items == 4
+  with pytest.raises(ValueError, match='DIR/NAME'):
+    module.get_config('')

@@ -80,6 +80,8 @@ def write_embeddings(items_json: pathlib.Path, items: list[dict], index_dir: pat
   if encoder == 'minilm':
     emb, kind = minilm_embeddings([item_text(it) for it in items]), 'minilm-td'
   else:
+    logging.info('item embeddings: TF-IDF + SVD of %d item texts (%s; about 1 s per 1000 items)',
+                 len(items), items_json)
     emb = text_embedding.text_embeddings(text_embedding.load_item_text(items_json), dim=text_dim,
                                          seed=seed)
     kind = 'tfidf-svd'

@@ -7,7 +7,6 @@ rows are rebuilt from the item ids, so running the SID stage again always repair
 
 from __future__ import annotations
 
-import ast
 import csv
 import io as io_std
 import json
@@ -43,11 +42,11 @@ def read_rows(path: pathlib.Path, num_items: int) -> tuple[list[str], list[list[
     where = f'{path}: line {line_no + 1}'
     line_no = reader.line_num
     try:
-      history = ast.literal_eval(row[col['history_item_id']])
+      history = json.loads(row[col['history_item_id']])  # '[3, 0]': a list of ints is JSON too
       target = int(row[col['item_id']])
-      if not isinstance(history, list) or not all(isinstance(i, int) for i in history):
+      if not isinstance(history, list) or not all(type(i) is int for i in history):
         raise ValueError
-    except (ValueError, SyntaxError, IndexError):
+    except (ValueError, IndexError):
       raise amazon.DataError(f'{where}: fields history_item_id / item_id are not item ids') from None
     if not all(0 <= i < num_items for i in history + [target]):
       raise amazon.DataError(f'{where}: an item id outside 0..{num_items - 1}')
