@@ -295,3 +295,18 @@ def test_prepared_config_validates_and_takes_max_history_from_stats(tmp_path):
   assert loading.load(c).num_items == 4
   with pytest.raises(ValueError, match='DIR/NAME'):
     module.get_config('')
+
+
+def test_csv_without_title_column_keeps_every_item_titled_by_its_id(tmp_path):
+  path = tmp_path / 'log.tsv'
+  rows = [('u1', 'a', 1), ('u1', 'b', 2), ('u2', 'b', 3), ('u2', 'a', 4), ('u3', 'a', 5),
+          ('u3', 'b', 5), ('u4', 'b', 6), ('u4', 'a', 7), ('u5', 'a', 8), ('u5', 'b', 9),
+          ('u6', 'a', 10), ('u6', 'b', 11), ('u7', 'b', 12), ('u7', 'a', 13)]
+  path.write_text('user\titem\ttimestamp\n' + ''.join(f'{u}\t{i}\t{t}\n' for u, i, t in rows))
+  stats = build.build('csv', tmp_path / 'out', 'T', interactions=path, user_k=2, item_k=2,
+                      encoder='tfidf')
+  # Titles 'a', 'b' share no term: no TF-IDF embedding, a warning, and the rest of the dataset.
+  assert stats['embeddings']['file'] is None and 'sid.embedding_path' in stats['embeddings']['error']
+  assert not list((tmp_path / 'out' / 'index').glob('*.npy'))
+  assert [r[:3] for r in _rows(tmp_path / 'out', 'T', 'train')][:2] == [('A0', [0], 1), ('A1', [1], 0)]
+  assert (tmp_path / 'out' / 'info' / 'T.txt').read_text() == '\ta\t0\n\tb\t1\n'

@@ -40,6 +40,7 @@ def build(source: str, out: pathlib.Path, name: str, *, reviews=None, meta=None,
   for flag, k in (('user_k', user_k), ('item_k', item_k), ('max_history', max_history)):
     if k < 1:
       raise DataError(f'--{flag}={k}: must be >= 1')
+  embed.check_encoder(encoder)
   default_start, default_end = DEFAULT_WINDOW[source]
   window = kcore.window(default_start if start is None else start,
                         default_end if end is None else end)
@@ -74,13 +75,18 @@ def build(source: str, out: pathlib.Path, name: str, *, reviews=None, meta=None,
       raw, {'description': '', 'brand': '', 'categories': ''})} for raw in item_raw]
   paths = layout.write_dataset(out, name, samples.user, samples.history, samples.target,
                                samples.bounds, items, user_raw, item_raw)
-  emb_path, kind = embed.write_embeddings(paths['items'], items, paths['items'].parent, name,
-                                          encoder, text_dim, seed)
+  try:
+    emb_path, kind = embed.write_embeddings(paths['items'], items, paths['items'].parent, name,
+                                            encoder, text_dim, seed)
+    embeddings = {'file': emb_path.name, 'encoder': kind}
+  except embed.NoItemText as e:  # a log without item text: the dataset is still usable
+    logging.warning('%s', e)
+    embeddings = {'file': None, 'encoder': None, 'error': str(e)}
   stats = stats_lib.summary(
       source=source, files={'reviews': reviews, 'meta': meta, 'interactions': interactions},
       log=log, catalogue=catalogue, window=window, user_k=user_k, item_k=item_k,
       max_history=max_history, passes=passes, seq=seq, samples=samples)
-  stats['embeddings'] = {'file': emb_path.name, 'encoder': kind}
+  stats['embeddings'] = embeddings
   stats['wall_time_s'] = round(time.time() - began, 2)
   io.write_json_atomic(paths['stats'], stats)
   logging.info('wrote %s', out)

