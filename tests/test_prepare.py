@@ -277,16 +277,14 @@ def test_minilm_embeddings_if_the_text_extra_is_installed(tmp_path):
   assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
 
 
-def test_prepared_config_validates_and_takes_max_history_from_stats(tmp_path):
+def test_prepared_config_takes_max_history_from_stats_and_loads(tmp_path):
   import importlib.util  # pylint: disable=import-outside-toplevel
-  from vstar_jax import default_config  # pylint: disable=import-outside-toplevel
   from vstar_jax.data import loading  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location('prepared_config', REPO / 'configs' / 'prepared.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   _prepare_2018(tmp_path)
-  c = module.get_config(str(tmp_path / 'Office'))
-  default_config.validate(c)
+  c = module.get_config(str(tmp_path / 'Office'))  # the CLI validates it in test_prepare_e2e
   assert (c.dataset, c.data_dir, c.data.name, c.data.max_history) == ('prepared', str(tmp_path), 'Office', 2)
   assert (c.sid.source, c.sft.ema_decay, c.rl.lr) == ('given', 0.995, 1e-5)
   with pytest.raises(amazon.DataError, match='no SIDs yet'):
