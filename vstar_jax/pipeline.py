@@ -26,11 +26,13 @@ from vstar_jax import default_config
 from vstar_jax.default_config import ConfigError
 from vstar_jax.data import amazon
 from vstar_jax.data import loading
+from vstar_jax.data import prepared
 from vstar_jax.data import synthetic
 from vstar_jax.data import types
 from vstar_jax.decode import search
 from vstar_jax.eval import export
 from vstar_jax.model import decoder
+from vstar_jax.prepare import sids as prepared_sids
 from vstar_jax.rl import loop
 from vstar_jax.rl import settings as rl_settings
 from vstar_jax.sid import learn
@@ -134,6 +136,10 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
 
 def item_embeddings(config: ml_collections.ConfigDict, dataset: types.Dataset):
   """The items' text embeddings [I, E] (the SID stage's input) and where they came from."""
+  if config.dataset == 'prepared':
+    npy = config.sid.embedding_path or prepared.embedding_file(config.data_dir, config.data.name)
+    return learn.load_item_embeddings(config.data_dir, config.data.name, embedding_path=npy,
+                                      text_dim=config.sid.text_dim, seed=config.sid.seed)
   if dataset.name == 'synthetic':
     return synthetic.item_embeddings(dataset, seed=config.seed), 'synthetic'
   data_dir = amazon.resolve_data_dir(config.data_dir or None)
@@ -144,6 +150,8 @@ def item_embeddings(config: ml_collections.ConfigDict, dataset: types.Dataset):
 
 def run_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
   """Learns a collision-free codebook from item embeddings -> W/sid/."""
+  if config.dataset == 'prepared':
+    return run_prepared_sid(config, workdir)
   dataset = dataset or loading.load(config)
   embeddings, source = item_embeddings(config, dataset)
   shipped = learn.code_stats(dataset.item_codes, dataset.num_codes, embeddings)
@@ -152,6 +160,15 @@ def run_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
   logging.info('SIDs: level-1 utilization shipped %.3f -> ours %.3f; collisions shipped %d -> ours %d',
                shipped['utilization'][0], stats['after']['utilization'][0],
                shipped['collision_groups'], stats['collisions_after'])
+  return stats
+
+
+def run_prepared_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+  """Learns SIDs for a prepared dataset -> W/sid/, and writes them into its index, CSVs and info."""
+  embeddings, source = item_embeddings(config, None)
+  codes, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source)
+  prepared_sids.write_sids(config.data_dir, config.data.name, codes)
+  loading.load(config)  # the rewritten files pass the loader's validation
   return stats
 
 

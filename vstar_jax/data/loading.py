@@ -5,9 +5,9 @@ from __future__ import annotations
 import ml_collections
 
 from vstar_jax.default_config import ConfigError
-from vstar_jax.data import amazon, holdout, synthetic, types
+from vstar_jax.data import amazon, holdout, prepared, synthetic, types
 
-DATASETS = ('industrial', 'office', 'synthetic')
+DATASETS = ('industrial', 'office', 'synthetic', 'prepared')
 
 
 def validate_config(c: ml_collections.ConfigDict) -> None:
@@ -36,6 +36,9 @@ def load(config: ml_collections.ConfigDict) -> types.Dataset:
     dataset = synthetic.make_dataset(num_items=s.num_items, num_users=s.num_users,
                                      num_codes=s.num_codes, max_history=config.data.max_history,
                                      seed=config.seed)
+  elif config.dataset == 'prepared':  # made by python -m vstar_jax.prepare; SIDs from mode=sid
+    dataset = prepared.load(config.data_dir, config.data.name, max_history=config.data.max_history,
+                            num_codes=config.sid.codebook_size, on_bad_row=config.data.on_bad_row)
   else:
     dataset = amazon.load_dataset(config.dataset, config.data_dir or None,
                                   max_history=config.data.max_history,
