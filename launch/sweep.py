@@ -6,9 +6,13 @@ Sweeps are flag overrides, never code edits (big_vision style):
       --grid='rl.rollout=ved,beam;rl.w_sib=0,1' -- --config.mode=rl   # print the 12 commands
   python launch/sweep.py ... --run          # run them one after another
   python launch/sweep.py ... --summarize    # mean ± std over seeds -> summary.md, summary.json
+  python launch/sweep.py ... --summarize --reference=W_SFT/eval/sft_test   # + paired tests
 
 Run k writes to <root>/<name>/seed<k>_<knob=value>_..., and the summary reads each run's
-eval/<stage>_test/metrics.json (design §7).
+eval/<stage>_test/metrics.json (design §7). With --reference (an eval dir) or --reference_row
+(another row of the sweep, 'stage:label'), every row also gets the paired per-user test of its
+HR@10 / NDCG@10 against the reference (vstar_jax.eval.significance: each user's metric
+averaged over the row's seeds, then a paired bootstrap and a sign test over the same users).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import time
 from typing import Sequence
 
 from absl import app, flags, logging
+
+from vstar_jax.eval import significance
 
 KS = (3, 5, 10)
 METRICS = tuple(f'{m}@{k}' for k in KS for m in ('HR', 'NDCG'))
@@ -52,6 +58,10 @@ def _define_flags() -> None:
   flags.DEFINE_bool('run', False, 'Run the commands one after another (default: print them).')
   flags.DEFINE_bool('summarize', False, "Collect the runs' metrics into one table.")
   flags.DEFINE_list('stages', ['sft', 'rl'], 'Stages summarized (eval/<stage>_test/).')
+  flags.DEFINE_string('reference', '', 'An eval dir (holding predictions.json) every row is '
+                      'tested against, per user (e.g. the SFT start: W_SFT/eval/sft_test).')
+  flags.DEFINE_string('reference_row', '', "A row of this sweep every row is tested against, "
+                      "'stage:label' (e.g. 'rl:rl.rollout=beam rl.w_sib=0').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +207,35 @@ def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str
   return {'metrics': [*METRICS, *shown], 'rows': rows, 'missing': missing}
 
 
+PAIRED = ('HR@10', 'NDCG@10')
+
+
+def _row_per_user(sweep_dir: pathlib.Path, row: dict, runs: Sequence[Run]) -> dict:
+  """Each user's HR@10 / NDCG@10 averaged over the row's seeds (from their predictions.json)."""
+  per_seed = [significance.load_per_user(sweep_dir / r.name / 'eval' / f"{row['stage']}_test")
+              for r in runs if r.label == row['config'] and r.seed in row['seeds']]
+  return {m: sum(p[m] for p in per_seed) / len(per_seed) for m in PAIRED}
+
+
+def add_paired_tests(summary: dict, sweep_dir: pathlib.Path, runs: Sequence[Run],
+                     reference: str = '', reference_row: str = '') -> dict:
+  """Adds row['paired'][metric] = significance.compare(reference, row) to every summary row."""
+  if reference:
+    ref, name = significance.load_per_user(reference), reference
+  else:
+    stage, _, label = reference_row.partition(':')
+    match = [r for r in summary['rows'] if r['stage'] == stage and r['config'] == label]
+    if not match:
+      raise ValueError(f'--reference_row={reference_row!r}: no such row in '
+                       f'{[(r["stage"], r["config"]) for r in summary["rows"]]}')
+    ref, name = _row_per_user(sweep_dir, match[0], runs), reference_row
+  for row in summary['rows']:
+    ours = _row_per_user(sweep_dir, row, runs)
+    row['paired'] = {m: significance.compare(ref[m], ours[m]) for m in PAIRED}
+  summary['reference'] = name
+  return summary
+
+
 def _cell(row: dict, metric: str) -> str:
   """'mean ± std' (4 decimals for rates, 2 for diversity counts, 1 for seconds), '–' where a row
   lacks it."""
@@ -206,15 +245,25 @@ def _cell(row: dict, metric: str) -> str:
   return f"{row['mean'][metric]:.{digits}f} ± {row['std'][metric]:.{digits}f}"
 
 
+def _paired_cell(row: dict, metric: str) -> str:
+  """'+0.0031 (+2.7%, p=0.012)': the row's paired delta against the reference."""
+  t = row['paired'][metric]
+  return f"{t['delta']:+.4f} ({100 * t['relative']:+.1f}%, p={t['p_bootstrap']:.3g})"
+
+
 def to_markdown(summary: dict) -> str:
-  """One row per (stage, knob setting): mean ± std over the seeds found."""
-  head = ['stage', 'config', 'seeds', *summary['metrics']]
+  """One row per (stage, knob setting): mean ± std over the seeds found (and paired deltas)."""
+  paired = [f'Δ{m} vs ref (p)' for m in PAIRED] if 'reference' in summary else []
+  head = ['stage', 'config', 'seeds', *summary['metrics'], *paired]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for row in summary['rows']:
     cells = [_cell(row, m) for m in summary['metrics']]
+    if paired:
+      cells += [_paired_cell(row, m) for m in PAIRED]
     lines.append('| ' + ' | '.join([row['stage'], row['config'], str(len(row['seeds'])), *cells])
                  + ' |')
-  return '\n'.join(lines) + '\n'
+  note = f"\nPaired tests against: {summary['reference']}\n" if paired else ''
+  return '\n'.join(lines) + '\n' + note
 
 
 def _run_all(commands: Sequence[list[str]], names: Sequence[str]) -> list[str]:
@@ -259,6 +308,11 @@ def main(argv):
       logging.warning('missing %s', path)
     if not summary['rows']:
       sys.exit(f'no metrics.json of stages {FLAGS.stages} under {sweep_dir}')
+    if FLAGS.reference or FLAGS.reference_row:
+      try:
+        summary = add_paired_tests(summary, sweep_dir, runs, FLAGS.reference, FLAGS.reference_row)
+      except (ValueError, FileNotFoundError) as e:
+        sys.exit(str(e))
     table = to_markdown(summary)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / 'summary.json').write_text(json.dumps(summary, indent=1))

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -444,3 +445,33 @@ def test_scripts_pass_shellcheck(script):
     pytest.skip('shellcheck not installed')
   proc = subprocess.run(['shellcheck', str(REPO / 'launch' / script)], capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout
+
+
+def test_summarize_paired_tests_against_a_reference(tmp_path):
+  runs = sweep.expand([0, 1], sweep.parse_grid('rl.rollout=ved,beam'))
+  rng = np.random.default_rng(0)
+  targets = [f'<a_{i % 7}>' for i in range(400)]
+  base = rng.random(400) < 0.2
+
+  def write(directory, hits):
+    directory.mkdir(parents=True, exist_ok=True)
+    preds = [{'predict': [t if h else '<a_99>'] + ['<a_98>'] * 9, 'output': t}
+             for t, h in zip(targets, hits)]
+    (directory / 'predictions.json').write_text(json.dumps(preds))
+    (directory / 'metrics.json').write_text(json.dumps({m: float(np.mean(hits)) for m in sweep.METRICS}))
+
+  write(tmp_path / 'ref', base)
+  for run in runs:
+    better = base | (rng.random(400) < (0.15 if run.knobs[0][1] == 'ved' else 0.0))
+    write(tmp_path / run.name / 'eval' / 'rl_test', better)
+  summary = sweep.add_paired_tests(sweep.summarize(tmp_path, runs, ['rl']), tmp_path, runs,
+                                   reference=str(tmp_path / 'ref'))
+  ved, beam = summary['rows']
+  assert ved['paired']['HR@10']['delta'] > 0.05 and ved['paired']['HR@10']['p_bootstrap'] < 1e-3
+  assert beam['paired']['HR@10']['delta'] == 0 and beam['paired']['HR@10']['p_sign'] == 1.0
+  assert '| Δ' in sweep.to_markdown(summary).splitlines()[0]
+  by_row = sweep.add_paired_tests(sweep.summarize(tmp_path, runs, ['rl']), tmp_path, runs,
+                                  reference_row='rl:rl.rollout=beam')
+  assert by_row['rows'][0]['paired']['NDCG@10']['delta'] > 0
+  with pytest.raises(ValueError, match='no such row'):
+    sweep.add_paired_tests(summary, tmp_path, runs, reference_row='rl:nope')

@@ -66,7 +66,7 @@ def rl_config() -> ml_collections.ConfigDict:
   c.ved.mix = 1.0              # weight of Q in the 'mix' leaf ranking
   c.ved.per_step = 0           # k pairs expanded per stage-2 iteration (0: w)
   # Reward (a name of rl.rewards.REWARDS) and advantages.
-  c.reward = 'ranking'         # 'ranking' | 'rule' | 'prefix' (MiniOneRec's default: ranking)
+  c.reward = 'ranking'         # 'ranking' | 'rule' | 'prefix' | 'ranking+prefix' (MiniOneRec: ranking)
   c.w_sib = 1.0                # sibling loss weight (0: plain GRPO)
   c.alpha = -1.0               # -1: off; in [0, 1]: per-token alpha*group + (1-alpha)*sibling
   c.prefix_weights = (0.3, 0.5, 1.0)  # w_l of the dense prefix reward (paper Sec. 3.3)

@@ -329,7 +329,9 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
   start = time.time()
   result = loop.train(config, dataset, workdir, sft_params, cfg, item_emb=item_emb)
   train_wall = time.time() - start
-  plot_stage(workdir, loop.STAGE, ['loss', 'reward_mean', 'rollout_hit', 'kl', 'valid_NDCG@10'])
+  plot_stage(workdir, loop.STAGE, ['loss', 'reward_mean', 'rollout_hit', 'nonzero_adv_groups',
+                                   'sibling_nonzero_L1', 'sibling_nonzero_L2',
+                                   'sibling_nonzero_L3', 'kl', 'valid_NDCG@10'])
   r = config.rl
   extra = {'rl_wall_s': train_wall, 'rl_steps': result.steps, 'seed': config.seed,
            'rollout': r.rollout, 'w_sib': r.w_sib, 'reward': r.reward, 'group_size': r.group_size,

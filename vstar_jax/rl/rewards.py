@@ -226,8 +226,15 @@ def _prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
                              batch['target_item'], trie, item_emb, tcfg)[1]
 
 
+def _ranking_and_prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
+  """ranking + prefix: a hit's ranking signal, plus graded credit for prefixes in no-hit groups."""
+  return (_ranking(rollout, batch, trie, item_emb, tcfg)
+          + _prefix(rollout, batch, trie, item_emb, tcfg))
+
+
 # (rollout: cand [B, G, L], valid [B, G], rank_score [B, G]; batch: target [B, L],
 #  target_item [B]; trie; item_emb [I, D] or None; ValueTargetConfig) -> reward [B, G].
 RewardFn = Callable[[dict, dict, trie_lib.Trie, Optional[jnp.ndarray], ValueTargetConfig],
                     jnp.ndarray]
-REWARDS: dict[str, RewardFn] = {'rule': _rule, 'ranking': _ranking, 'prefix': _prefix}
+REWARDS: dict[str, RewardFn] = {'rule': _rule, 'ranking': _ranking, 'prefix': _prefix,
+                                'ranking+prefix': _ranking_and_prefix}

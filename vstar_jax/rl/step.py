@@ -95,9 +95,14 @@ def score_rollout(ro: dict, batch: dict, old_values: jnp.ndarray, trie: trie_lib
           'value_targets': targets}
 
 
-def rollout_metrics(ro: dict, reward: jnp.ndarray, target: jnp.ndarray, axis_name) -> dict:
-  """Global rollout statistics (shard sums over global counts, psum-ed when sharded)."""
-  cand, valid = ro['cand'], ro['valid']
+def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> dict:
+  """Global rollout statistics (shard sums over global counts, psum-ed when sharded).
+
+  Besides rewards, hits and diversity: how much signal the groups carry, the share of groups
+  whose GRPO advantages are not all zero and, per level l, the share of valid candidates whose
+  level-l token has a non-zero sibling advantage (computed whatever w_sib, as a diagnostic).
+  """
+  cand, valid, reward = ro['cand'], ro['valid'], scored['reward']
   users = jnp.ones(valid.shape[:1], bool)
   count = jnp.maximum(jnp.sum(valid, -1), 1)
   mean = jnp.sum(reward * valid, -1) / count
@@ -114,7 +119,12 @@ def rollout_metrics(ro: dict, reward: jnp.ndarray, target: jnp.ndarray, axis_nam
       'distinct_l1': mean_of(jnp.sum(first_l1, -1), users),
       'num_valid': mean_of(jnp.sum(valid, -1), users),
       'forwards_per_user': mean_of(ro['forwards'], users),
+      'nonzero_adv_groups': mean_of(jnp.any(jnp.asarray(scored['group_adv']) != 0,
+                                            axis=tuple(range(1, scored['group_adv'].ndim))), users),
   }
+  sibling = advantages.sibling_advantages(cand, reward, valid)
+  for level in range(cand.shape[-1]):
+    out[f'sibling_nonzero_L{level + 1}'] = mean_of(sibling[..., level] != 0, valid)
   return out if axis_name is None else lax.psum(out, axis_name)
 
 
@@ -142,7 +152,7 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
   (params, opt_state), metrics = lax.scan(ppo_update, (state.params, state.opt_state), None,
                                           length=settings.updates_per_rollout)
   metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-  metrics.update(rollout_metrics(ro, scored['reward'], batch['target'], axis))
+  metrics.update(rollout_metrics(ro, scored, batch['target'], axis))
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return state, metrics
 
