@@ -3,8 +3,9 @@
 The config is the one the run recorded (W/config.json: model size, SIDs, data holdout, EMA),
 so any workdir the CLI trained restores without model flags. The model is W's kept RL
 policy when there is one (its V and Q heads trained during RL), else its kept SFT model
-with the heads fitted on rollouts of the RL rows (config.rl.train_splits: the holdout rows
-the SFT policy never fit) by rl.value_pretrain, as the RL stage does before iterating.
+with the heads fitted on rollouts of the rows the SFT policy never fit (the 'holdout' split
+when the run has one, else config.rl.train_splits) by rl.value_pretrain, as the RL stage
+does before iterating.
 """
 
 from __future__ import annotations
@@ -79,17 +80,19 @@ def load(workdir: str, data_dir: str = '', dataset_name: str = '', head_steps: i
   if rl_params is not None:
     return TrainedRun(config, dataset, rl_params, cfg, trie, 'rl_checkpoint', [])
   params, losses = fit_heads(config, dataset, params, cfg, head_steps, seed)
-  return TrainedRun(config, dataset, params, cfg, trie,
-                    f'fitted_{head_steps}_steps_on_{"+".join(config.rl.train_splits)}', losses)
+  splits = 'holdout' if 'holdout' in dataset.splits else '+'.join(config.rl.train_splits)
+  return TrainedRun(config, dataset, params, cfg, trie, f'fitted_{head_steps}_steps_on_{splits}',
+                    losses)
 
 
 def fit_heads(config, dataset, params, cfg, steps: int, seed: int):
   """V and Q fitted on `steps` batches of rollouts of the frozen policy (rl.value_pretrain)."""
   r = config.rl
+  splits = ('holdout',) if 'holdout' in dataset.splits else tuple(r.train_splits)
   settings = settings_lib.RlSettings.from_config(r)
   mesh = parallel.make_mesh()
   programs = step_lib.make_programs(cfg, settings, mesh)
-  users = batching.UserRows.from_dataset(dataset, r.train_splits)
+  users = batching.UserRows.from_dataset(dataset, splits)
   per_epoch = len(users) // r.batch_users
   batches = (users.batch(batching.batch_rows(len(users), r.batch_users, seed, 0, i % per_epoch),
                          mesh) for i in range(steps))
@@ -97,7 +100,7 @@ def fit_heads(config, dataset, params, cfg, steps: int, seed: int):
   params, losses = value_pretrain.pretrain(programs.value, parallel.replicate(params, mesh),
                                            batches, trie, None, jax.random.key(seed), mesh)
   logging.info('value heads: loss %.4f -> %.4f over %d steps on %s', losses[0], losses[-1],
-               len(losses), r.train_splits)
+               len(losses), splits)
   return jax.device_get(params), losses
 
 

@@ -41,6 +41,12 @@ def test_sft_eval_recommend_on_synthetic(tmp_path):
   again = _main(tmp_path, *args, '--config.mode=eval')
   del again
   assert _metrics(tmp_path, 'sft')['HR@10'] == sft['HR@10']
+  # VED as the evaluation decoder: its own eval dir, valid SIDs, forwards within its budget.
+  _main(tmp_path, *args, '--config.mode=eval', '--config.eval.decoder=ved',
+        '--config.eval.ved_multiplier=2', '--config.eval.num_beams=20')
+  ved = _metrics(tmp_path, 'sft_ved')
+  assert ved['invalid'] == 0 and ved['decoder'] == 'ved' and ved['n'] == 150
+  assert ved['forwards_per_user'] <= 2 * (1 + 2 * 8)
   out = _main(tmp_path, *args, '--config.mode=recommend', '--config.recommend.history=3,5,7',
               '--config.recommend.top_n=5')
   recs = json.loads((tmp_path / 'recommend.json').read_text())
@@ -96,6 +102,24 @@ def test_item_text_features_through_sft_rl_eval_and_recommend(tmp_path):
   with pytest.raises(AssertionError, match='do not match this config|item_text'):
     _main(tmp_path, *args[:-10], '--config.sft.epochs=1', '--config.model.item_text_features=False',
           '--config.mode=eval')
+
+
+def test_continued_sft_on_the_rl_holdout_starts_from_another_run(tmp_path):
+  """The RL protocol's control: SFT without the holdout rows, then SFT continued on them."""
+  args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
+          '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8', *TINY,
+          '--config.data.holdout=0.5']
+  base, more = tmp_path / 'base', tmp_path / 'more'
+  _main(base, *args, '--config.mode=sft', '--config.sft.epochs=2')
+  _main(more, *args, '--config.mode=sft', '--config.sft.epochs=1', f'--config.sft.init_workdir={base}',
+        "--config.sft.train_splits=('holdout',)")
+  first, second = _metrics(base, 'sft'), _metrics(more, 'sft')
+  assert second['init_workdir'] == str(base) and second['train_splits'] == ['holdout']
+  assert second['holdout'] == 0.5 and second['invalid'] == 0
+  records = [json.loads(l) for l in (more / 'metrics.jsonl').read_text().splitlines()]
+  steps = [r['step'] for r in records if 'loss' in r]
+  assert max(steps) == 1      # 75 holdout rows (half of the 150 users): one batch of 64 per epoch
+  assert first['train_splits'] == ['train'] and not first['init_workdir']
 
 
 def test_rl_init_workdir_without_sft_checkpoint_is_a_clear_error(tmp_path):

@@ -72,6 +72,7 @@ def rl_config() -> ml_collections.ConfigDict:
   c.prefix_weights = (0.3, 0.5, 1.0)  # w_l of the dense prefix reward (paper Sec. 3.3)
   c.gamma = 0.99                      # TD discount of the value targets
   c.use_item_embeddings = False  # prefix miss penalty -w_l (1 - cos(emb(pred), emb(target)))
+  c.value_targets = 'prefix'   # V / Q learn the dense prefix reward, or 'reward': the RL reward
   # Loss and optimizer.
   c.kl_beta = 1e-3             # weight of KL(pi || pi_ref), k3 estimator
   c.w_value = 0.5              # weight of the value-head MSE
@@ -162,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 32
   c.eval.split = 'test'
   c.eval.max_rows = 0          # 0: every row of the split
+  c.eval.decoder = 'beam'      # 'beam' (MiniOneRec's contract) | 'ved' (rl.ved, budget below)
+  # VED budget multiplier when decoding with VED: 5.8 * 17 = 98 forwards ~ beam-50's 99 live
+  # forwards on Industrial (1 + 48 level-1 codes + 50).
+  c.eval.ved_multiplier = 5.8
 
   c.recommend = ml_collections.ConfigDict()
   c.recommend.history = ''     # comma-separated item ids; empty: the first rows of eval.split

@@ -30,6 +30,7 @@ from vstar_jax.data import prepared
 from vstar_jax.data import synthetic
 from vstar_jax.data import types
 from vstar_jax.decode import search
+from vstar_jax.eval import evaluate
 from vstar_jax.eval import export
 from vstar_jax.model import decoder
 from vstar_jax.prepare import sids as prepared_sids
@@ -60,19 +61,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError('eval.batch_size', f'must be >= 1, got {c.eval.batch_size}')
   if c.eval.split not in ('train', 'valid', 'test'):
     raise ConfigError('eval.split', f'{c.eval.split!r} is not train, valid or test')
+  if c.eval.decoder not in evaluate.DECODERS:
+    raise ConfigError('eval.decoder', f'{c.eval.decoder!r} is not one of {evaluate.DECODERS}')
+  if c.eval.ved_multiplier < 1:
+    raise ConfigError('eval.ved_multiplier', f'must be >= 1, got {c.eval.ved_multiplier}')
   for name in c.baseline.names:
     if name not in baselines.BASELINES:
       raise ConfigError('baseline.names', f'unknown baseline {name!r}')
-
-
-def eval_dir(workdir: pathlib.Path, stage: str, split: str) -> pathlib.Path:
-  return workdir / 'eval' / f'{stage}_{split}'
-
-
-def eval_rows(config: ml_collections.ConfigDict, num_rows: int) -> np.ndarray:
-  """Row indices evaluated: all, or the first eval.max_rows (kept in file order)."""
-  limit = config.eval.max_rows or num_rows
-  return np.arange(min(limit, num_rows))
 
 
 def report_catalogue(dataset: types.Dataset) -> None:
@@ -119,7 +114,7 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
   """Most-popular and transition baselines -> W/eval/<name>_<split>/."""
   dataset = dataset or load_dataset(config, workdir)
   split = config.eval.split
-  rows = eval_rows(config, len(dataset.splits[split]))
+  rows = evaluate.eval_rows(config, len(dataset.splits[split]))
   queries = dataset.splits[split].subset(rows)
   results = {}
   for name in config.baseline.names:
@@ -127,7 +122,7 @@ def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
     codes = baselines.BASELINES[name](dataset.splits['train'], queries, dataset.item_codes,
                                       config.eval.num_beams)
     results[name] = export.evaluate_and_export(
-        eval_dir(workdir, name, split), codes, dataset.target_sids[split][rows],
+        evaluate.eval_dir(workdir, name, split), codes, dataset.target_sids[split][rows],
         dataset.target_codes(split)[rows], dataset.item_codes, {'wall_s': time.time() - start})
     logging.info('%s on %s %s: HR@10 %.4f NDCG@10 %.4f', name, dataset.name, split,
                  results[name].get('HR@10', float('nan')), results[name].get('NDCG@10', float('nan')))
@@ -172,29 +167,6 @@ def run_prepared_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   return stats
 
 
-def evaluate_params(config, workdir, dataset, params, cfg, stage: str, extra=None) -> dict:
-  """Beam-search evaluation (design §3) of `params` -> W/eval/<stage>_<split>/."""
-  split = config.eval.split
-  rows = eval_rows(config, len(dataset.splits[split]))
-  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  start = time.time()
-  codes, _ = search.beam_search_split(params, cfg, trie, dataset.history_codes(split)[rows],
-                                    config.eval.num_beams, config.eval.batch_size)
-  wall = time.time() - start
-  if not np.asarray(trie_lib.is_valid_sid(trie, np.maximum(codes, 0)) | (codes < 0).any(-1)).all():
-    raise AssertionError('beam search produced a SID outside the trie')
-  info = {'eval_wall_s': wall, 'users_per_s': len(rows) / wall, 'num_beams': config.eval.num_beams,
-          'split': split, 'sid_source': config.sid.source}
-  info.update(extra or {})
-  result = export.evaluate_and_export(eval_dir(workdir, stage, split), codes,
-                                      dataset.target_sids[split][rows],
-                                      dataset.target_codes(split)[rows], dataset.item_codes, info)
-  logging.info('%s on %s %s (beam %d): HR@10 %.4f NDCG@10 %.4f, %d invalid', stage, dataset.name,
-               split, config.eval.num_beams, result.get('HR@10', np.nan), result.get('NDCG@10', np.nan),
-               result['invalid'])
-  return result
-
-
 def plot_stage(workdir: pathlib.Path, stage: str, keys: list[str]) -> None:
   records = metrics_log.MetricsLog(workdir).read(stage)
   path = plots.plot_curves(records, keys, workdir / 'plots' / f'{stage}_curves.png', f'{stage} training')
@@ -216,7 +188,7 @@ def run_sft(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
            'train_splits': list(config.sft.train_splits), 'seed': config.seed,
            'init_workdir': config.sft.init_workdir, 'holdout': config.data.holdout,
            'best_valid_NDCG@10': result.best_valid.get(sft.BEST_METRIC)}
-  return evaluate_params(config, workdir, dataset, result.params, result.cfg, 'sft', extra)
+  return evaluate.evaluate_params(config, workdir, dataset, result.params, result.cfg, 'sft', extra)
 
 
 def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage: str):
@@ -259,7 +231,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=N
   for stage in ('rl', 'sft'):
     restored = restore_params(config, workdir, dataset, stage)
     if restored is not None:
-      return evaluate_params(config, workdir, dataset, *restored, stage)
+      return evaluate.evaluate_params(config, workdir, dataset, *restored, stage)
   raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: run --config.mode=sft first')
 
 
@@ -340,8 +312,8 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
   if result.final_params is not None and result.best_step != result.steps:
     # The kept policy is an earlier step (step 0 = the SFT policy when RL never beat it on
     # valid): also score what RL ended with, so ablations compare what each variant learned.
-    evaluate_params(config, workdir, dataset, result.final_params, cfg, FINAL_RL_STAGE, extra)
-  return evaluate_params(config, workdir, dataset, result.params, cfg, 'rl', extra)
+    evaluate.evaluate_params(config, workdir, dataset, result.final_params, cfg, FINAL_RL_STAGE, extra)
+  return evaluate.evaluate_params(config, workdir, dataset, result.params, cfg, 'rl', extra)
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:

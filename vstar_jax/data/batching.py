@@ -54,16 +54,20 @@ def validation_rows(num_rows: int, max_rows: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class UserRows:
-  """Users a stage draws batches from: history [N, T, L], target [N, L], target_item [N]."""
+  """Users a stage draws batches from: history [N, T, L], target [N, L], target_item [N] and,
+  when the splits carry them, user_features [N, F]."""
   history: np.ndarray
   target: np.ndarray
   target_item: np.ndarray
+  user_features: np.ndarray | None = None
 
   @classmethod
   def from_dataset(cls, dataset: types.Dataset, splits) -> UserRows:
     history, target = training_rows(dataset, splits)
     items = np.concatenate([dataset.splits[s].target_item for s in splits]).astype(np.int32)
-    return cls(history, target, items)
+    features = [dataset.splits[s].user_features for s in splits]
+    features = None if any(f is None for f in features) else np.concatenate(features)
+    return cls(history, target, items, features)
 
   def __len__(self) -> int:
     return int(self.history.shape[0])
@@ -80,4 +84,6 @@ class UserRows:
     host = {'history': self.history[rows_here], 'target': self.target[rows_here],
             'target_item': self.target_item[rows_here],
             'user_index': np.arange(len(rows), dtype=np.int32)[local]}
+    if self.user_features is not None:
+      host['user_features'] = self.user_features[rows_here].astype(np.float32)
     return parallel.shard_batch(host, mesh)

@@ -24,20 +24,24 @@ class Split:
     history_items: [N, T] int32 item ids, left-padded with PAD.
     history_len: [N] int32 number of real history items (>= 1).
     target_item: [N] int32 item id of the next item.
+    user_features: None, or [N, F] float32 per-row user features (the known-reward
+      simulator's hidden preference vectors, read by its `preference` reward).
   """
   name: str
   user_ids: np.ndarray
   history_items: np.ndarray
   history_len: np.ndarray
   target_item: np.ndarray
+  user_features: np.ndarray | None = None
 
   def __len__(self) -> int:
     return int(self.target_item.shape[0])
 
   def subset(self, rows) -> 'Split':
     rows = np.asarray(rows)
+    features = None if self.user_features is None else self.user_features[rows]
     return Split(self.name, self.user_ids[rows], self.history_items[rows],
-                 self.history_len[rows], self.target_item[rows])
+                 self.history_len[rows], self.target_item[rows], features)
 
 
 @dataclasses.dataclass(frozen=True)

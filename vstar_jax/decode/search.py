@@ -69,32 +69,55 @@ def beam_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie,
   Returns:
     codes [N, W, L] int32 and scores [N, W] float32 numpy arrays, row order kept.
   """
+  trie = jax.device_put(trie)
+  return _split(lambda h, _: beam_search(params, cfg, trie, h, num_beams), history, batch_size,
+                'beam search', log_every_s)
+
+
+def ved_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: np.ndarray,
+                     vcfg: ved_lib.VedConfig, batch_size: int, seed: int = 0,
+                     log_every_s: float = 30.0):
+  """VED over a whole split in fixed-size batches: codes [N, G, L], scores [N, G], forwards [N].
+
+  User i's key is fold_in(key(seed), i), so a row's result does not depend on the batching.
+  """
+  trie = jax.device_put(trie)
+  key = jax.random.key(seed)
+
+  def run(h, first):
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(h.shape[0]) + first)
+    out = ved_search(params, cfg, trie, h, keys, vcfg)
+    return out.candidates, out.scores, out.num_forwards
+
+  return _split(run, history, batch_size, 'VED', log_every_s)
+
+
+def _split(fn, history: np.ndarray, batch_size: int, name: str, log_every_s: float):
+  """fn(history batch, first row) over fixed-size batches (last padded; one compilation), the
+  next batch launched before the last one is collected; outputs concatenated in row order."""
   history = np.asarray(history, np.int32)
   num_rows = history.shape[0]
   num_batches = -(-num_rows // batch_size)
   padded = np.concatenate(
       [history, np.repeat(history[-1:], num_batches * batch_size - num_rows, axis=0)])
-  trie = jax.device_put(trie)
-  codes, scores = [], []
+  outputs = []
   start = last_log = time.perf_counter()
 
   def collect(result, done):
     nonlocal last_log
-    codes.append(np.asarray(result[0]))
-    scores.append(np.asarray(result[1]))
+    outputs.append(jax.tree.map(np.asarray, result))
     now = time.perf_counter()
     if now - last_log >= log_every_s or done == num_rows:
       last_log = now
       rate = done / (now - start)
-      logging.info('beam search: %d/%d users, %.1f users/s, ETA %.0f s', done, num_rows, rate,
+      logging.info('%s: %d/%d users, %.1f users/s, ETA %.0f s', name, done, num_rows, rate,
                    (num_rows - done) / rate)
 
   pending = None
   for i in range(num_batches):
-    launched = beam_search(params, cfg, trie, padded[i * batch_size:(i + 1) * batch_size],
-                           num_beams)
+    launched = fn(padded[i * batch_size:(i + 1) * batch_size], i * batch_size)
     if pending is not None:
       collect(pending, i * batch_size)
     pending = launched
   collect(pending, num_rows)
-  return np.concatenate(codes)[:num_rows], np.concatenate(scores)[:num_rows]
+  return tuple(np.concatenate(x)[:num_rows] for x in zip(*outputs))

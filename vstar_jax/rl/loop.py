@@ -64,8 +64,8 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
     cfg: the decoder's DecoderConfig.
     stop_at_step: stop (after checkpointing) once this many iterations are done, as a
       preemption would; a re-run resumes.
-    item_emb: [I, D] item embeddings for the prefix reward's miss penalty
-      (required with rl.use_item_embeddings).
+    item_emb: [I, D] item vectors: the prefix reward's miss penalty (rl.use_item_embeddings)
+      or the simulator's `preference` reward reads them.
 
   Raises:
     run_loop.TrainingDiverged: the loss became NaN/Inf (the last good checkpoint is kept).
@@ -88,10 +88,8 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   programs = step_lib.make_programs(cfg, settings, mesh)
   host_trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
   trie = parallel.replicate(host_trie, mesh)
-  if r.use_item_embeddings:
+  if item_emb is not None:
     item_emb = parallel.replicate(jnp.asarray(item_emb, jnp.float32), mesh)
-  else:
-    item_emb = None
   run = run_loop.StageRun(workdir, STAGE)
   state, resumed = run.resume(parallel.replicate(
       step_lib.init_state(sft_params, settings, config.seed), mesh))

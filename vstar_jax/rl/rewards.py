@@ -177,10 +177,15 @@ class ValueTargetConfig:
     gamma: TD discount.
     use_item_embeddings: a miss at level l costs -w_l * (1 - cos(emb(pred), emb(target)))
       instead of 0 (needs item embeddings).
+    source: what the value heads learn to predict: 'prefix', the dense per-level prefix
+      reward (paper Sec. 4.1: rewards that come from matching a logged target), or
+      'reward', the RL reward itself, paid at the leaf (rewards with no target to match,
+      such as the simulator's true preference).
   """
   weights: tuple = PREFIX_WEIGHTS
   gamma: float = GAMMA
   use_item_embeddings: bool = False
+  source: str = 'prefix'
 
 
 def candidate_items(trie: trie_lib.Trie, cand: jnp.ndarray) -> jnp.ndarray:
@@ -205,9 +210,16 @@ def dense_level_rewards(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarr
 
 
 def dense_value_targets(cand, valid, target, target_item, values, trie, item_emb,
-                        tcfg: ValueTargetConfig) -> jnp.ndarray:
-  """TD targets [B, G, L+1] for V along each candidate's path; `values` [B, G, L+1] bootstrap."""
-  level, _ = dense_level_rewards(cand, valid, target, target_item, trie, item_emb, tcfg)
+                        tcfg: ValueTargetConfig, reward=None) -> jnp.ndarray:
+  """TD targets [B, G, L+1] for V along each candidate's path; `values` [B, G, L+1] bootstrap.
+
+  The per-level rewards are the dense prefix reward, or (tcfg.source == 'reward') the RL
+  reward [B, G] paid at the leaf only.
+  """
+  if tcfg.source == 'reward':
+    level = jnp.zeros(cand.shape, jnp.float32).at[..., -1].set(reward * valid)
+  else:
+    level, _ = dense_level_rewards(cand, valid, target, target_item, trie, item_emb, tcfg)
   return value_targets(level, values, valid, tcfg.gamma)
 
 
@@ -226,6 +238,28 @@ def _prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
                              batch['target_item'], trie, item_emb, tcfg)[1]
 
 
+def preference_reward(cand: jnp.ndarray, valid: jnp.ndarray, user_features: jnp.ndarray,
+                      item_emb: jnp.ndarray, trie: trie_lib.Trie) -> jnp.ndarray:
+  """The known-reward simulator's true preference sigmoid(u . v_item) of each candidate: [B, G].
+
+  Args:
+    cand: [B, G, L]; valid: [B, G]; user_features: [B, F] hidden user vectors u;
+    item_emb: [I, F] hidden item vectors v (data.simulator.World); trie: the catalogue trie.
+  """
+  items = candidate_items(trie, cand)
+  vectors = item_emb[jnp.maximum(items, 0)]                                 # [B, G, F]
+  score = jax.nn.sigmoid(jnp.einsum('bf,bgf->bg', user_features, vectors))
+  return jnp.where(valid & (items >= 0), score, 0.0)
+
+
+def _preference(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
+  del tcfg
+  if item_emb is None or 'user_features' not in batch:
+    raise ValueError("reward 'preference' needs the simulator's user features and item vectors")
+  return preference_reward(rollout['cand'], rollout['valid'], batch['user_features'], item_emb,
+                           trie)
+
+
 def _ranking_and_prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
   """ranking + prefix: a hit's ranking signal, plus graded credit for prefixes in no-hit groups."""
   return (_ranking(rollout, batch, trie, item_emb, tcfg)
@@ -237,4 +271,4 @@ def _ranking_and_prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp
 RewardFn = Callable[[dict, dict, trie_lib.Trie, Optional[jnp.ndarray], ValueTargetConfig],
                     jnp.ndarray]
 REWARDS: dict[str, RewardFn] = {'rule': _rule, 'ranking': _ranking, 'prefix': _prefix,
-                                'ranking+prefix': _ranking_and_prefix}
+                                'ranking+prefix': _ranking_and_prefix, 'preference': _preference}

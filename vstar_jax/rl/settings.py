@@ -38,6 +38,8 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
     bad('value_pretrain_steps', f'must be >= 0, got {r.value_pretrain_steps}')
   if len(r.prefix_weights) < 1:
     bad('prefix_weights', 'needs one weight per SID level')
+  if r.value_targets not in ('prefix', 'reward'):
+    bad('value_targets', f"{r.value_targets!r} is not 'prefix' or 'reward'")
   ved_config(r)
 
 
@@ -80,7 +82,8 @@ class RlSettings:
         loss=loss_lib.LossConfig(clip_eps=r.clip_eps, w_sib=r.w_sib, kl_beta=r.kl_beta,
                                  w_value=r.w_value),
         targets=rewards.ValueTargetConfig(weights=tuple(r.prefix_weights), gamma=r.gamma,
-                                          use_item_embeddings=r.use_item_embeddings),
+                                          use_item_embeddings=r.use_item_embeddings,
+                                          source=r.value_targets),
         updates_per_rollout=r.updates_per_rollout, lr=r.lr,
         warmup_steps=min(r.warmup_steps, total - 1), weight_decay=r.weight_decay,
         clip_norm=r.clip_norm, total_updates=total, value_lr=r.value_pretrain_lr)

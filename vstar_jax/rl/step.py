@@ -90,7 +90,7 @@ def score_rollout(ro: dict, batch: dict, old_values: jnp.ndarray, trie: trie_lib
   elif settings.w_sib:
     sibling_adv = advantages.sibling_advantages(cand, reward, valid)
   targets = rewards.dense_value_targets(cand, valid, batch['target'], batch['target_item'],
-                                        old_values, trie, item_emb, settings.targets)
+                                        old_values, trie, item_emb, settings.targets, reward)
   return {'reward': reward, 'group_adv': group_adv, 'sibling_adv': sibling_adv,
           'value_targets': targets}
 
@@ -176,7 +176,8 @@ def make_programs(cfg: decoder.DecoderConfig, settings: settings_lib.RlSettings,
   iteration = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P(), P()),
                             out_specs=(P(), P()), check_vma=False)
   rollout_fn = functools.partial(rollouts.ROLLOUTS[settings.rollout], cfg=cfg, settings=settings)
+  reward_fn = functools.partial(rewards.REWARDS[settings.reward], tcfg=settings.targets)
   value = value_pretrain.make_value_step(functools.partial(policy.candidate_log_probs, cfg=cfg),
-                                         rollout_fn, settings.targets, settings.value_lr,
+                                         rollout_fn, reward_fn, settings.targets, settings.value_lr,
                                          settings.clip_norm, mesh)
   return Programs(iteration=jax.jit(iteration, donate_argnums=0), value=value)

@@ -45,15 +45,17 @@ def heads_of(params) -> dict:
 
 
 def _value_step_shard(params, opt_state, batch, trie, item_emb, key, *, policy_fn, rollout_fn,
-                      tcfg: rewards.ValueTargetConfig, optimizer, axis_name: str):
+                      reward_fn, tcfg: rewards.ValueTargetConfig, optimizer, axis_name: str):
   """Per-device: rollout, TD targets from the current V, one Adam step on the heads."""
   rollout = rollout_fn(params, trie, batch['history'], batch['user_index'], key)
   fwd = {'history': batch['history'], 'cand': rollout['cand'], 'valid': rollout['valid']}
+  reward = reward_fn(rollout, batch, trie, item_emb)
 
   def loss_fn(heads):
     _, values, q = policy_fn({**params, **heads}, fwd)
     targets = rewards.dense_value_targets(rollout['cand'], rollout['valid'], batch['target'],
-                                          batch['target_item'], values, trie, item_emb, tcfg)
+                                          batch['target_item'], values, trie, item_emb, tcfg,
+                                          reward)
     value, q_loss = loss_lib.head_losses(values, q, targets, rollout['valid'], axis_name)
     return value + q_loss, {'value_loss': value, 'q_loss': q_loss}
 
@@ -76,7 +78,7 @@ class ValueTrainer:
   optimizer: optax.GradientTransformation
 
 
-def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn,
+def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn, reward_fn,
                     tcfg: rewards.ValueTargetConfig,
                     lr: float, clip_norm: float, mesh: Mesh) -> ValueTrainer:
   """The sharded value step: rollout, TD targets, one clipped-Adam step on the value heads.
@@ -84,12 +86,14 @@ def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn,
   `batch` holds history [B, T, L], target [B, L], target_item [B] and user_index [B]
   (the row's position in the global batch, which seeds its rollout), sharded over
   the mesh's 'data' axis; params, the heads' optimizer state, trie, item_emb and key
-  are replicated. Only the HEADS subtrees change; metrics: value_loss, q_loss (before the
-  step) and grad_norm.
+  are replicated. reward_fn(rollout, batch, trie, item_emb) is the RL reward (for value
+  targets of source 'reward'). Only the HEADS subtrees change; metrics: value_loss, q_loss
+  (before the step) and grad_norm.
   """
   optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(lr))
   body = functools.partial(_value_step_shard, policy_fn=policy_fn, rollout_fn=rollout_fn,
-                           tcfg=tcfg, optimizer=optimizer, axis_name=parallel.DATA_AXIS)
+                           reward_fn=reward_fn, tcfg=tcfg, optimizer=optimizer,
+                           axis_name=parallel.DATA_AXIS)
   step = jax.jit(jax.shard_map(body, mesh=mesh,
                                in_specs=(P(), P(), P(parallel.DATA_AXIS), P(), P(), P()),
                                out_specs=(P(), P(), P()), check_vma=False))

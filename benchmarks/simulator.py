@@ -1,0 +1,116 @@
+"""V-STAR's mechanism on a known-reward simulator (vstar_jax.data.simulator), seed by seed.
+
+Per seed: a simulated world and its logged data; SFT on the logs; then, from that same SFT
+model, RL with the true preference as reward by GRPO with beam rollouts (`grpo_beam`),
+Sibling-GRPO with beam rollouts (`sibling_beam`), GRPO with VED rollouts (`grpo_ved`) and
+V-STAR (VED + Sibling-GRPO, `vstar`). Each policy (RL: its last step; valid exact-match
+selection means nothing here) is scored on the test users by its beam-decoded top-10: mean
+true reward, and hit rate of each user's true best item.
+
+  python benchmarks/simulator.py --seeds=0,1,2
+last stdout line: {"rows": [{"run": "sft"|"grpo_beam"|..., "seed": 0, "true_reward": ..,
+"best_hit@10": ..}, ..], "mean": {...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import tempfile
+import time
+
+from absl import app, flags, logging
+import ml_collections
+import numpy as np
+
+from vstar_jax import default_config
+from vstar_jax.data import simulator
+from vstar_jax.decode import search
+from vstar_jax.rl import loop
+from vstar_jax.sid import trie as trie_lib
+from vstar_jax.train import sft
+
+VARIANTS = {'grpo_beam': ('beam', 0.0), 'sibling_beam': ('beam', 1.0), 'grpo_ved': ('ved', 0.0),
+            'vstar': ('ved', 1.0)}
+
+
+def experiment_config(rl_steps: int = 60) -> ml_collections.ConfigDict:
+  """A small decoder, SFT on the logs, RL on the true preference (reward 'preference')."""
+  c = default_config.base_config()
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 2, 64, 4, 256
+  c.model.item_hash_buckets = 512
+  c.sft.epochs, c.sft.batch_size, c.sft.warmup_steps = 8, 64, 20
+  c.sft.valid_beams, c.sft.valid_max_rows, c.eval.batch_size = 10, 200, 64
+  r = c.rl
+  r.reward, r.value_targets = 'preference', 'reward'
+  r.group_size, r.batch_users, r.steps = 16, 32, rl_steps
+  r.lr, r.warmup_steps, r.kl_beta = 3e-4, 5, 1e-3
+  r.valid_every, r.valid_max_rows, r.valid_beams, r.checkpoint_every = rl_steps, 100, 10, 0
+  r.value_pretrain_steps = 40
+  r.ved.multiplier, r.ved.selection, r.ved.leaf_ranking = 2.0, 'ucb', 'value'
+  return c
+
+
+def top_items(params, cfg, trie, dataset, k: int = 10) -> np.ndarray:
+  """[N, k] items of each test row's beam-decoded top-k (simulated SIDs are distinct)."""
+  codes, _ = search.beam_search_split(params, cfg, trie, dataset.history_codes('test'), k, 64)
+  nodes = np.asarray(trie_lib.lookup(trie, np.maximum(codes, 0)))
+  items = trie.leaf_items[np.maximum(nodes, 0), 0]
+  return np.where((codes >= 0).all(-1) & (nodes >= 0), items, -1)
+
+
+def run_seed(seed: int, sim: simulator.SimulatorConfig, config: ml_collections.ConfigDict,
+             variants, root: pathlib.Path) -> list[dict]:
+  """SFT, then each RL variant from the same SFT model, on world `seed`: one row per policy."""
+  dataset, world = simulator.make_dataset(sim, seed)
+  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
+  users = simulator.user_index(dataset.splits['test'])
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.seed = seed
+  start = time.time()
+  base = sft.train(config, dataset, root / f'seed{seed}_sft')
+  rows = [{'run': 'sft', 'seed': seed, 'wall_s': time.time() - start,
+           **simulator.score_lists(world, users, top_items(base.params, base.cfg, trie, dataset))}]
+  logging.info('%s', rows[-1])
+  for name in variants:
+    rollout, w_sib = VARIANTS[name]
+    config.rl.rollout, config.rl.w_sib = rollout, w_sib
+    start = time.time()
+    result = loop.train(config, dataset, root / f'seed{seed}_{name}', base.params, base.cfg,
+                        item_emb=world.item_vectors)
+    rows.append({'run': name, 'seed': seed, 'wall_s': time.time() - start,
+                 **simulator.score_lists(world, users, top_items(result.final_params, base.cfg,
+                                                                 trie, dataset))})
+    logging.info('%s', rows[-1])
+  return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+  """Mean over seeds of each run's metrics."""
+  out = {}
+  for run in dict.fromkeys(r['run'] for r in rows):
+    mine = [r for r in rows if r['run'] == run]
+    out[run] = {k: float(np.mean([r[k] for r in mine])) for k in ('true_reward', 'best_hit@10')}
+  return out
+
+
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'World / model seeds.')
+_VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'RL runs from each SFT model.')
+_STEPS = flags.DEFINE_integer('rl_steps', 60, 'RL iterations per run.')
+_WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs go (default: a temporary folder).')
+
+
+def main(argv):
+  del argv
+  root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix='vstar_sim_'))
+  config = experiment_config(_STEPS.value)
+  rows = []
+  for seed in (int(s) for s in _SEEDS.value):
+    rows += run_seed(seed, simulator.SimulatorConfig(), config, _VARIANTS.value, root)
+  print(json.dumps({'rows': rows, 'mean': summarize(rows),
+                    'simulator': dataclasses.asdict(simulator.SimulatorConfig())}))
+
+
+if __name__ == '__main__':
+  app.run(main)
