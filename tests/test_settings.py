@@ -37,3 +37,12 @@ def test_settings_carry_the_nested_ved_config():
   s = settings_lib.RlSettings.from_config(r)
   assert (s.ved.multiplier, s.ved.group_size, s.ved.width) == (3.0, 12, r.ved.width)
   hash(s)  # a jit static argument
+
+
+def test_epochs_set_the_number_of_iterations():
+  r = default_config.rl_config()
+  r.batch_users, r.steps = 64, 300
+  assert settings_lib.num_steps(r, 2625) == 300
+  r.epochs = 2
+  assert settings_lib.num_steps(r, 2625) == 2 * 41
+  assert settings_lib.RlSettings.from_config(r, 82).total_updates == 82

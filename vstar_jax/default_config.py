@@ -83,7 +83,8 @@ def rl_config() -> ml_collections.ConfigDict:
   c.clip_norm = 1.0
   # Schedule.
   c.batch_users = 64           # users per iteration (global; divisible by the device count)
-  c.steps = 300                # iterations
+  c.steps = 300                # iterations (when epochs is 0)
+  c.epochs = 0                 # > 0: this many passes over the rollout rows instead of steps
   c.updates_per_rollout = 1    # PPO epochs per rollout (1: on-policy, ratio 1, as MiniOneRec)
   c.log_every = 1
   c.valid_every = 50

@@ -37,7 +37,7 @@ def beam_policy(params, cfg: decoder.DecoderConfig, history):
 def ved_policy(params, cfg: decoder.DecoderConfig, history):
   """(root_fn, expand_fn) of decode.ved.ved for users history [B, T, L].
 
-  Both return (log_probs [B, M, K], V [B, M], Q [B, M, K], embedding), a decode.ved.Expansion.
+  Both return (log_probs [B, M, K], V [B, M], Q [B, M, K], embedding), a decode.ved_tree.Expansion.
 
   A tree node's embedding is its suffix KV cache, k and v [B, M, layers, L, H, Dh] (slot j
   holds SEP for j = 0, else code j-1; slots past the node's depth are unused), so expanding

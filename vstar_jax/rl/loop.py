@@ -79,12 +79,13 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   if r.batch_users % mesh.shape[parallel.DATA_AXIS]:
     raise ValueError(f'--config.rl.batch_users={r.batch_users} is not divisible by the '
                      f'{mesh.shape[parallel.DATA_AXIS]} devices')
-  settings = settings_lib.RlSettings.from_config(r)
   users = batching.UserRows.from_dataset(dataset, r.train_splits)
   if len(users) < r.batch_users:
     raise ValueError(f'--config.rl.batch_users={r.batch_users} exceeds the {len(users)} '
                      f'rollout rows')
   steps_per_epoch = len(users) // r.batch_users
+  total = settings_lib.num_steps(r, len(users))
+  settings = settings_lib.RlSettings.from_config(r, total)
   programs = step_lib.make_programs(cfg, settings, mesh)
   host_trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
   trie = parallel.replicate(host_trie, mesh)
@@ -115,11 +116,11 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
     run.save(0, state, validate_at(0, state.params))
 
   step = int(state.step)
-  progress = metrics_log.Progress(STAGE, r.steps, start=step, unit='iterations')
+  progress = metrics_log.Progress(STAGE, total, start=step, unit='iterations')
   logging.info('rl: %d rollout rows, %d users/iteration on %d devices, rollout %s, G=%d, %d steps',
                len(users), r.batch_users, mesh.shape[parallel.DATA_AXIS], r.rollout,
-               r.group_size, r.steps)
-  while step < r.steps:
+               r.group_size, total)
+  while step < total:
     epoch, index = int(state.data_epoch), int(state.data_index)
     rows = batching.batch_rows(len(users), r.batch_users, config.seed, epoch, index)
     start = time.perf_counter()
@@ -131,10 +132,10 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
                           data_index=parallel.replicate(jnp.int32(index), mesh))
     step += 1
     run.check_finite(step, metrics, ('loss', 'grad_norm'))
-    if step % r.log_every == 0 or step == r.steps:
+    if step % r.log_every == 0 or step == total:
       run.write(step, wall_s=wall, users_per_s=r.batch_users / wall, **metrics)
       progress.update(step, f'loss {metrics["loss"]:.4f} hit {metrics["rollout_hit"]:.3f}')
-    if step % r.valid_every == 0 or step == r.steps:
+    if step % r.valid_every == 0 or step == total:
       run.save(step, state, validate_at(step, state.params))
     elif (r.checkpoint_every and step % r.checkpoint_every == 0) or step == stop_at_step:
       run.save(step, state)

@@ -34,6 +34,8 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
       bad(flag, f'must be >= 1, got {r[flag]}')
   if r.valid_beams < 10:
     bad('valid_beams', f'must be >= 10 (validation selects by NDCG@10), got {r.valid_beams}')
+  if r.epochs < 0:
+    bad('epochs', f'must be >= 0 (0: use rl.steps), got {r.epochs}')
   if r.value_pretrain_steps < 0:
     bad('value_pretrain_steps', f'must be >= 0, got {r.value_pretrain_steps}')
   if len(r.prefix_weights) < 1:
@@ -41,6 +43,11 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
   if r.value_targets not in ('prefix', 'reward'):
     bad('value_targets', f"{r.value_targets!r} is not 'prefix' or 'reward'")
   ved_config(r)
+
+
+def num_steps(r: ml_collections.ConfigDict, num_rows: int) -> int:
+  """Iterations of the run: rl.epochs passes over the rollout rows when set, else rl.steps."""
+  return r.epochs * (num_rows // r.batch_users) if r.epochs else r.steps
 
 
 def ved_config(r: ml_collections.ConfigDict) -> ved_lib.VedConfig:
@@ -74,8 +81,9 @@ class RlSettings:
   value_lr: float
 
   @classmethod
-  def from_config(cls, r: ml_collections.ConfigDict) -> RlSettings:
-    total = r.steps * r.updates_per_rollout
+  def from_config(cls, r: ml_collections.ConfigDict, steps: int | None = None) -> RlSettings:
+    """The settings of config.rl for a run of `steps` iterations (default rl.steps)."""
+    total = (steps or r.steps) * r.updates_per_rollout
     return cls(
         rollout=r.rollout, group_size=r.group_size, ved=ved_config(r),
         reward=r.reward, w_sib=r.w_sib, alpha=r.alpha,
