@@ -23,9 +23,5 @@ def get_config(arg: str = ''):
   if stats.is_file():  # histories are as long as prepare made them
     c.data.max_history = json.loads(stats.read_text())['max_history']
   c.sid.source = 'given'  # the SIDs the sid mode wrote into DIR/index/NAME.index.json
-  # The rest as configs/amazon.py (its Industrial defaults; see the comments there).
-  c.sft.ema_decay = 0.995
-  c.sft.history_dropout = 0.4
-  c.model.dropout = 0.2
-  c.rl.lr = 1e-5
+  default_config.small_data_protocol(c)  # as configs/amazon.py (its Industrial choices)
   return c

@@ -9,6 +9,7 @@ import pytest
 
 from vstar_jax import default_config
 from vstar_jax.data import amazon
+from vstar_jax.data import sid_strings
 from vstar_jax.sid import codebook
 from vstar_jax.sid import learn
 from vstar_jax.sid import trie
@@ -68,7 +69,7 @@ def test_code_stats_without_embeddings_is_perfect_for_uniform_codes():
 
 def test_index_json_is_minionerec_format_and_loads(tmp_path):
   codes = np.array([[1, 2, 3], [255, 0, 7], [9, 9, 9]])
-  index = learn.index_json(codes)
+  index = sid_strings.index_json(codes)
   assert list(index) == ['0', '1', '2']
   assert index['1'] == ['<a_255>', '<b_0>', '<c_7>']
   path = tmp_path / 'index.json'

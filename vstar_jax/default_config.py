@@ -106,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
+  c.data.name = ''             # dataset='prepared': the NAME of DIR/NAME (configs/prepared.py)
   c.data.max_history = 10
   c.data.on_bad_row = 'error'  # 'error' | 'skip' (skip logs and counts bad rows)
   # RL holdout (data/holdout.py): the last train row of this fraction of the users moves out
@@ -173,6 +174,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.recommend.history = ''     # comma-separated item ids; empty: the first rows of eval.split
   c.recommend.top_n = 10
   c.recommend.num_rows = 5
+  return c
+
+
+def small_data_protocol(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The regularisers and RL protocol chosen on the Amazon train subsets (README tables).
+
+  configs/amazon.py and configs/prepared.py start from these; the comments give the
+  valid-split measurements that chose each value.
+  """
+  # SFT regularisers for the small rebuilt (~29%) train splits, chosen on Industrial valid
+  # NDCG@10 (README, SFT tuning table): none 0.0877; weight EMA 0.995 + history dropout 0.2:
+  # 0.0928; history dropout 0.4 + model dropout 0.2 on top: 0.0942.
+  c.sft.ema_decay = 0.995
+  c.sft.history_dropout = 0.4
+  c.model.dropout = 0.2
+  # RL: at lr 1e-4 valid NDCG@10 fell below the SFT start (9 of 12 ablation runs kept step 0);
+  # at 1e-5 it rose on all 3 Industrial seeds.
+  c.rl.lr = 1e-5
   return c
 
 

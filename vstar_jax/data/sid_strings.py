@@ -20,6 +20,12 @@ def format_sids(codes: np.ndarray) -> list[str]:
   return [format_sid(row) for row in np.asarray(codes).tolist()]
 
 
+def index_json(codes: np.ndarray) -> dict[str, list[str]]:
+  """codes [I, L] -> MiniOneRec's index {"0": ["<a_X>", "<b_Y>", ...], ...} in item-id order."""
+  return {str(item): [f'<{LEVEL_LETTERS[level]}_{c}>' for level, c in enumerate(row)]
+          for item, row in enumerate(np.asarray(codes).tolist())}
+
+
 def parse_sid(text: str, num_levels: int, num_codes: int) -> list[int]:
   """'<a_X><b_Y><c_Z>' -> [X, Y, Z]; raises ValueError saying what is wrong."""
   tokens = _TOKEN.findall(text)

@@ -22,12 +22,6 @@ from vstar_jax.data import sid_strings
 from vstar_jax.prepare import layout
 
 
-def index_json(codes: np.ndarray) -> dict[str, list[str]]:
-  """codes [I, L] -> {"0": ["<a_X>", "<b_Y>", ...], ...} in item-id order (MiniOneRec's index)."""
-  return {str(item): [f'<{sid_strings.LEVEL_LETTERS[level]}_{c}>' for level, c in enumerate(row)]
-          for item, row in enumerate(np.asarray(codes).tolist())}
-
-
 def read_rows(path: pathlib.Path, num_items: int) -> tuple[list[str], list[list[int]], list[int]]:
   """A split CSV -> (user_id [N], history item ids [N][...], target item id [N])."""
   reader = csv.reader(io_std.StringIO(amazon.read_text(path), newline=''))
@@ -69,7 +63,7 @@ def write_sids(data_dir: str | os.PathLike, name: str, codes: np.ndarray) -> Non
     users, histories, targets = read_rows(paths[split], len(titles))
     texts[split] = layout.split_csv(users, histories, targets, titles, sids, f'SIDs into {split}')
   texts['info'] = layout.info_text(titles, sids)
-  texts['index'] = json.dumps(index_json(codes), indent=1)
+  texts['index'] = json.dumps(sid_strings.index_json(codes), indent=1)
   staged = {}
   try:
     for key, text in texts.items():

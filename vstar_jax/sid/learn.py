@@ -153,12 +153,6 @@ def code_stats(codes: np.ndarray, num_codes: int, embeddings: np.ndarray | None 
   return stats
 
 
-def index_json(codes: np.ndarray) -> dict[str, list[str]]:
-  """codes [I, L] -> MiniOneRec index {"0": ["<a_X>", "<b_Y>", ...], ...} in item-id order."""
-  return {str(item): [f'<{sid_strings.LEVEL_LETTERS[level]}_{c}>' for level, c in enumerate(row)]
-          for item, row in enumerate(np.asarray(codes).tolist())}
-
-
 def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
                workdir: str | os.PathLike | None = None,
                embedding_source: str = 'array',
@@ -225,7 +219,7 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
 def write_outputs(sid_dir: pathlib.Path, codes: np.ndarray, stats: dict, params) -> None:
   """index.json, stats.json and the orbax params checkpoint under sid_dir."""
   sid_dir.mkdir(parents=True, exist_ok=True)
-  io.write_json_atomic(sid_dir / 'index.json', index_json(codes))
+  io.write_json_atomic(sid_dir / 'index.json', sid_strings.index_json(codes))
   io.write_json_atomic(sid_dir / 'stats.json', stats)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save((sid_dir / 'params').resolve(), params, force=True)
