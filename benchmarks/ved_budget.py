@@ -7,7 +7,7 @@ level); both return up to W candidates per user. Reported per m (and per VED var
 hit rate (target in the set), distinct level-1 / level-1..2 prefixes per set, the mean
 within-group std of the ranking reward and the share of groups whose GRPO advantages are
 not all zero (the RL signal), forwards of both, and ms/user of both measured in the same
-run, interleaved, after compilation.
+run, beam re-timed beside each VED variant, after compilation.
 
 The model, its config and its value heads come from W (benchmarks/trained_run.py): any
 workdir the CLI trained, either dataset.
@@ -44,8 +44,8 @@ _DATASET = flags.DEFINE_string('dataset', '', 'Checked against the dataset W was
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory the CLI trained.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', 'Data folder (default: recorded, else $VSTAR_DATA_DIR).')
 _MULTIPLIERS = flags.DEFINE_list('multipliers', ['1', '2', '4', '8'], 'Budget multipliers m.')
-_VARIANTS = flags.DEFINE_list('variants', [], "VED variants 'selection:leaf_ranking' (default: "
-                              "W's rl.ved), e.g. ucb:logprob,best_first:logprob,ucb:mix.")
+_VARIANTS = flags.DEFINE_list('variants', [], "VED variants 'selection:leaf_ranking[:per_step]' "
+                              "(default: W's rl.ved), e.g. ucb:logprob,best_first:logprob,ucb:mix:32.")
 _SPLIT = flags.DEFINE_string('split', 'valid', 'Users to decode.')
 _MAX_USERS = flags.DEFINE_integer('max_users', 1000, 'Evenly spaced users of the split (0 = all).')
 _BATCH = flags.DEFINE_integer('batch_size', 16, 'Users per jitted call.')
@@ -96,10 +96,12 @@ def batched(fn, history: np.ndarray, batch_size: int):
   return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outs), wall / len(padded)
 
 
-def variants(config) -> list[tuple[str, str]]:
+def variants(config) -> list[tuple[str, str, int]]:
+  """(selection, leaf_ranking, per_step) per --variants entry (per_step 0: the width)."""
   if not _VARIANTS.value:
-    return [(config.rl.ved.selection, config.rl.ved.leaf_ranking)]
-  return [tuple(v.split(':')) for v in _VARIANTS.value]
+    return [(config.rl.ved.selection, config.rl.ved.leaf_ranking, config.rl.ved.per_step)]
+  parsed = [v.split(':') for v in _VARIANTS.value]
+  return [(p[0], p[1], int(p[2]) if len(p) > 2 else config.rl.ved.per_step) for p in parsed]
 
 
 def main(argv):
@@ -118,17 +120,19 @@ def main(argv):
   for m in (float(x) for x in _MULTIPLIERS.value):
     budget = int(m * ved_lib.base_budget(num_levels, base_cfg.width))
     width = beam_width_for(budget, prefixes)
-    (beam_codes, beam_scores), beam_s = batched(
-        lambda h, i, w=width: search.beam_search(params, cfg, trie, h, w), history, _BATCH.value)
-    b = group_stats(beam_codes, beam_scores > -np.inf, beam_scores, target)
-    for selection, leaf_ranking in variants(run.config):
+    beam_fn = lambda h, i, w=width: search.beam_search(params, cfg, trie, h, w)
+    for selection, leaf_ranking, per_step in variants(run.config):
+      # Beam is re-timed beside every variant so each ms/user ratio comes from adjacent runs.
+      (beam_codes, beam_scores), beam_s = batched(beam_fn, history, _BATCH.value)
+      b = group_stats(beam_codes, beam_scores > -np.inf, beam_scores, target)
       vcfg = dataclasses.replace(base_cfg, multiplier=m, group_size=width, selection=selection,
-                                 leaf_ranking=leaf_ranking)
+                                 leaf_ranking=leaf_ranking, per_step=per_step)
       ved_fn = lambda h, i, c=vcfg: search.ved_search(
           params, cfg, trie, h, rollouts.user_keys(key, jnp.arange(h.shape[0]) + i), c)
       out, ved_s = batched(ved_fn, history, _BATCH.value)
       v = group_stats(out.candidates, out.valid, out.scores, target)
       row = {'m': m, 'budget': budget, 'selection': selection, 'leaf_ranking': leaf_ranking,
+             'per_step': vcfg.expansions_per_step,
              'beam_width': width, 'beam_forwards': beam_forwards(width, prefixes),
              'forwards_max': int(np.max(out.num_forwards)),
              'ved_forwards_mean': float(np.mean(out.num_forwards)),
@@ -155,12 +159,13 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
   for ax, key, name in zip(axes, ('hit', 'l1_distinct', 'ms_per_user'),
                            ('hit rate (target in set)', 'distinct level-1 prefixes', 'ms / user')):
-    for variant in sorted({(r['selection'], r['leaf_ranking']) for r in rows}):
-      pts = [r for r in rows if (r['selection'], r['leaf_ranking']) == variant]
+    def variant(r):
+      return r['selection'], r['leaf_ranking'], r['per_step']
+    for v in sorted({variant(r) for r in rows}):
+      pts = [r for r in rows if variant(r) == v]
       ax.plot([r['budget'] for r in pts], [r[f'ved_{key}'] for r in pts], marker='o',
-              label=f'VED {variant[0]}/{variant[1]}')
-    first = [r for r in rows if (r['selection'], r['leaf_ranking']) == (rows[0]['selection'],
-                                                                       rows[0]['leaf_ranking'])]
+              label=f'VED {v[0]}/{v[1]}/k={v[2]}')
+    first = [r for r in rows if variant(r) == variant(rows[0])]
     ax.plot([r['budget'] for r in first], [r[f'beam_{key}'] for r in first], marker='s',
             color='k', label='beam (same live forwards)')
     ax.set_xlabel('forwards per user')
