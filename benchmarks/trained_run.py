@@ -107,3 +107,16 @@ def fit_heads(config, dataset, params, cfg, steps: int, seed: int):
 def eval_users(dataset: types.Dataset, split: str, max_users: int) -> np.ndarray:
   """Evenly spaced rows of `split` (the validation rows' rule: not just the earliest ones)."""
   return batching.validation_rows(len(dataset.splits[split]), max_users)
+
+
+def beam_forwards(width: int, prefixes_per_depth: list[int]) -> int:
+  """Live forwards of constrained beam search of width W: 1 + sum_{d < L} min(W, #depth-d prefixes)."""
+  return 1 + sum(min(width, n) for n in prefixes_per_depth[1:])
+
+
+def beam_width_for(budget: int, prefixes_per_depth: list[int]) -> int:
+  """The largest beam width whose live forwards fit in `budget`."""
+  width = 1
+  while beam_forwards(width + 1, prefixes_per_depth) <= budget and width < 4096:
+    width += 1
+  return width

@@ -54,19 +54,6 @@ _HEAD_STEPS = flags.DEFINE_integer('value_steps', 100, 'Value-head fitting steps
 _OUT = flags.DEFINE_string('out', '', 'Plot path (default W/plots/ved_budget.png).')
 
 
-def beam_forwards(width: int, prefixes_per_depth: list[int]) -> int:
-  """Live forwards of constrained beam search of width W: 1 + sum_{d < L} min(W, #depth-d prefixes)."""
-  return 1 + sum(min(width, n) for n in prefixes_per_depth[1:])
-
-
-def beam_width_for(budget: int, prefixes_per_depth: list[int]) -> int:
-  """The largest beam width whose live forwards fit in `budget`."""
-  width = 1
-  while beam_forwards(width + 1, prefixes_per_depth) <= budget and width < 4096:
-    width += 1
-  return width
-
-
 def group_stats(cand, valid, score, target) -> dict:
   """Per-user hit, distinct L1 / L12 prefixes, ranking-reward std and non-zero-advantage share."""
   cand, valid, target = np.asarray(cand), np.asarray(valid), np.asarray(target)
@@ -119,7 +106,7 @@ def main(argv):
   out_rows = []
   for m in (float(x) for x in _MULTIPLIERS.value):
     budget = int(m * ved_lib.base_budget(num_levels, base_cfg.width))
-    width = beam_width_for(budget, prefixes)
+    width = trained_run.beam_width_for(budget, prefixes)
     beam_fn = lambda h, i, w=width: search.beam_search(params, cfg, trie, h, w)
     for selection, leaf_ranking, per_step in variants(run.config):
       # Beam is re-timed beside every variant so each ms/user ratio comes from adjacent runs.
@@ -133,7 +120,7 @@ def main(argv):
       v = group_stats(out.candidates, out.valid, out.scores, target)
       row = {'m': m, 'budget': budget, 'selection': selection, 'leaf_ranking': leaf_ranking,
              'per_step': vcfg.expansions_per_step,
-             'beam_width': width, 'beam_forwards': beam_forwards(width, prefixes),
+             'beam_width': width, 'beam_forwards': trained_run.beam_forwards(width, prefixes),
              'forwards_max': int(np.max(out.num_forwards)),
              'ved_forwards_mean': float(np.mean(out.num_forwards)),
              'ved_hit': v['hit'], 'beam_hit': b['hit'],

@@ -25,7 +25,6 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 import trained_run  # pylint: disable=g-import-not-at-top
-import ved_budget  # pylint: disable=g-import-not-at-top
 from vstar_jax.decode import search
 from vstar_jax.decode import ved as ved_lib
 from vstar_jax.rl import settings as settings_lib
@@ -84,7 +83,7 @@ def main(argv):
   prefixes = [len({tuple(c[:d]) for c in dataset.item_codes.tolist()}) for d in range(3)]
   vcfg = settings_lib.ved_config(run.config.rl)
   budget = int(_MULTIPLIER.value * ved_lib.base_budget(dataset.num_levels, vcfg.width))
-  width = ved_budget.beam_width_for(budget, prefixes)
+  width = trained_run.beam_width_for(budget, prefixes)
   keys = jax.random.split(jax.random.key(0), 1)
   ved_cfg = dataclasses.replace(vcfg, multiplier=_MULTIPLIER.value, group_size=width)
   beam_cfg = dataclasses.replace(vcfg, width=width, multiplier=1.0, group_size=width,
