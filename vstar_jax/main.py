@@ -37,11 +37,11 @@ def command_config():
   """The command's config, validated (eval / recommend: with W's recorded model settings)."""
   try:
     config = _CONFIG.value
+    if config is None:
+      raise cli.UserError('--config is required, e.g. --config=configs/synthetic.py (--help lists them)')
     config.get('mode')  # a config file that failed to load raises here
   except OSError as e:
     raise cli.UserError(f'--config: {str(e).strip().splitlines()[-1].strip()}') from None
-  if config is None:
-    raise cli.UserError('--config is required, e.g. --config=configs/synthetic.py (--help lists them)')
   pipeline.validate(config)
   return config
 
@@ -78,6 +78,8 @@ def main(argv):
     out = workdir_lib.output_dir(workdir, config.mode, _OUT.value)
   except USER_ERRORS as e:
     cli.fail(str(e))
+  except KeyboardInterrupt:
+    cli.fail('interrupted (Ctrl-C) before the run started', cli.INTERRUPTED)
   parallel.initialize_distributed(config.rl.distributed)  # multi-host: before anything touches JAX
   if config.rl.distributed and jax.process_index() != 0:
     run_mode(with_training_config(config, workdir), workdir, out)  # process 0 records the run

@@ -32,8 +32,8 @@ def table(roots: list[pathlib.Path], split: str, since: float) -> str:
   found, fresh = collect(roots, split, since)
   if not fresh:
     return ''
-  names = [n for n in baselines.BASELINES if n in found] + sorted(
-      n for n in fresh if n not in baselines.BASELINES)
+  names = [n for n in baselines.BASELINES if n in found] + sorted(  # sft*, then rl*
+      (n for n in fresh if n not in baselines.BASELINES), key=lambda n: (not n.startswith('sft'), n))
   columns = [f'{m}@{k}' for k in KS for m in ('HR', 'NDCG')]
   lines = [f'results on {split} (* = written by this run)',
            f'{"":<18}{"rows":>6}' + ''.join(f'{c:>9}' for c in columns)]
