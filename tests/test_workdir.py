@@ -34,12 +34,13 @@ def test_recorded_config_restores_onto_todays_defaults(tmp_path):
   workdir.record_training(tmp_path, config)
   stored = json.loads((tmp_path / 'config.json').read_text())
   del stored['eval']['ved_multiplier']  # a knob added after the run was recorded
-  stored['gone'] = 1                    # a knob removed since
+  stored['data']['name'] = 'Tools'      # a key only its config file defines (configs/prepared.py)
   (tmp_path / 'config.json').write_text(json.dumps(stored))
   back = workdir.training_config(tmp_path)
   assert back.model.d_model == 64 and back.seed == 3
   assert back.sft.train_splits == ('train', 'valid')
   assert back.eval.ved_multiplier == default_config.base_config().eval.ved_multiplier
+  assert back.data.name == 'Tools'
   assert workdir.training_config(tmp_path / 'nothing') is None
 
 

@@ -47,11 +47,14 @@ class QuietLibraries(logging_std.Filter):
 
 
 def _merge(into: ml_collections.ConfigDict, values: dict) -> None:
-  """Recorded values onto a config (knobs added since the record keep their defaults)."""
+  """Recorded values onto a config: knobs added since the record keep their defaults, and keys
+  only a config file defines (configs/prepared.py's data.name) come back too."""
   for key, value in values.items():
     if isinstance(value, dict) and isinstance(into.get(key), ml_collections.ConfigDict):
       _merge(into[key], value)
-    elif key in into:
+    elif isinstance(value, dict):
+      into[key] = ml_collections.ConfigDict(value)
+    else:
       into[key] = tuple(value) if isinstance(value, list) else value
 
 
