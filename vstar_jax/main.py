@@ -120,10 +120,10 @@ def main(argv):
 
 
 def stop(invocation, lock, status: str, code: int, message: str) -> None:
-  """Records how the run ended, prints `message` as one line and exits now with `code`.
+  """Records how the run ended, prints `message` as one line and exits with `code`.
 
-  os._exit: no waiting for JAX's and orbax's exit handlers (pending work is abandoned; a
-  checkpoint being written stays a temporary that the next run deletes).
+  Interrupted: os._exit, at once, without waiting for JAX's and orbax's exit handlers (pending
+  work is abandoned; a checkpoint being written stays a temporary that the next run deletes).
   """
   invocation.note(message)
   invocation.finish(status, code, message)
@@ -132,7 +132,9 @@ def stop(invocation, lock, status: str, code: int, message: str) -> None:
   sys.stdout.flush()
   sys.stderr.write(message + '\n')
   sys.stderr.flush()
-  os._exit(code)
+  if code == cli.INTERRUPTED:
+    os._exit(code)
+  sys.exit(code)
 
 
 if __name__ == '__main__':
