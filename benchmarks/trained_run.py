@@ -1,7 +1,7 @@
 """A trained workdir as the benchmarks see it: its own config, data, kept model and value heads.
 
-The config is the one the run recorded (W/config.json: model size, SIDs, data holdout, EMA),
-so any workdir the CLI trained restores without model flags. The model is W's kept RL
+The config is the one the run recorded (W/config.json, written by the training stages: model
+size, SIDs, data holdout, EMA), so any workdir the CLI trained restores without model flags. The model is W's kept RL
 policy when there is one (its V and Q heads trained during RL), else its kept SFT model
 with the heads fitted on rollouts of the rows the SFT policy never fit (the 'holdout' split
 when the run has one, else config.rl.train_splits) by rl.value_pretrain, as the RL stage
@@ -11,7 +11,6 @@ does before iterating.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 from absl import logging
@@ -19,9 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from vstar_jax import default_config
 from vstar_jax import parallel
 from vstar_jax import pipeline
+from vstar_jax import workdir as workdir_lib
 from vstar_jax.data import batching
 from vstar_jax.data import types
 from vstar_jax.model import decoder
@@ -44,20 +43,10 @@ class TrainedRun:
 
 
 def recorded_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """W's recorded config on top of today's defaults (knobs added since keep their defaults)."""
-  path = workdir / 'config.json'
-  if not path.is_file():
-    raise SystemExit(f'{path} not found: --workdir must be a run the CLI trained')
-  config = default_config.base_config()
-
-  def merge(into, values):
-    for key, value in values.items():
-      if isinstance(value, dict) and key in into and isinstance(into[key], ml_collections.ConfigDict):
-        merge(into[key], value)
-      elif key in into:
-        into[key] = tuple(value) if isinstance(value, list) else value
-
-  merge(config, json.loads(path.read_text()))
+  """W's recorded training config on top of today's defaults (vstar_jax.workdir)."""
+  config = workdir_lib.training_config(workdir)
+  if config is None:
+    raise SystemExit(f'{workdir} records no training config: --workdir must be a run the CLI trained')
   return config
 
 

@@ -116,6 +116,22 @@ def test_non_utf8_bytes(tiny):
     amazon.load_dataset('industrial', tiny, max_history=4)
 
 
+def test_utf8_bom_files_load_as_without_it(tiny):
+  """Spreadsheet tools start CSV / JSON / txt exports with a BOM: each file is read through it."""
+  plain = amazon.load_dataset('industrial', tiny, max_history=4)
+  files = amazon.dataset_files(tiny, 'industrial')
+  for key in ('train', 'valid', 'test', 'info', 'index'):
+    files[key].write_bytes(b'\xef\xbb\xbf' + files[key].read_bytes())
+  bom = amazon.load_dataset('industrial', tiny, max_history=4)
+  np.testing.assert_array_equal(bom.item_codes, plain.item_codes)
+  assert list(bom.item_titles) == list(plain.item_titles)
+  assert list(bom.splits['test'].user_ids) == ['U1', 'U2']
+  data = files['test'].read_bytes().replace(b'Bits', b'Bi\xffts', 1)
+  files['test'].write_bytes(data)  # bad bytes after a BOM: still the right line
+  with pytest.raises(amazon.DataError, match=r'line 2: bytes .* are not valid UTF-8'):
+    amazon.load_dataset('industrial', tiny, max_history=4)
+
+
 def test_empty_file(tiny):
   (tiny / 'valid' / f'{STEM}.csv').write_text('')
   with pytest.raises(amazon.DataError, match=r'valid/.*: file is empty'):

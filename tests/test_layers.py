@@ -1,7 +1,7 @@
 """The package's import graph runs one way: no module imports from a later layer.
 
-config -> io/parallel -> data -> sid -> model -> decode -> eval -> train -> rl ->
-pipeline/prepare -> main. Read from the source (ast), so a late import inside a function
+config -> io/parallel/workdir -> data -> sid -> model -> decode -> eval -> train -> rl ->
+pipeline/prepare/recommender -> main/cli. Read from the source (ast), so a late import inside a function
 counts too.
 """
 
@@ -13,7 +13,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'vstar_jax'
 LAYERS = [
     ('default_config',),
-    ('io', 'parallel'),
+    ('io', 'parallel', 'workdir'),
     ('data',),
     ('sid',),
     ('model',),
@@ -22,7 +22,7 @@ LAYERS = [
     ('train',),
     ('rl',),
     ('pipeline', 'prepare', 'recommender'),
-    ('main', '__init__'),
+    ('main', 'cli', '__init__'),
 ]
 
 

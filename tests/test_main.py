@@ -1,4 +1,4 @@
-"""The CLI: config validation and the baseline mode's output contract (design §7, §8)."""
+"""The CLI: config validation, one-line user errors, --help, and the baseline mode's outputs (design §7, §8)."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from vstar_jax import cli
 from vstar_jax import default_config
 from vstar_jax import pipeline
 
@@ -48,10 +49,44 @@ def test_bad_flag_fails_before_writing(tmp_path):
   assert not (tmp_path / 'w' / 'eval').exists()
 
 
+@pytest.mark.parametrize('args,message', [
+    (['--config.sft.epocs=3'],
+     'error: --config.sft.epocs: no such setting (did you mean --config.sft.epochs?); '
+     '--print_config lists every setting'),
+    (['--config.mode=train'], "error: --config.mode: 'train' is not one of"),
+    (['--workdir={file}'], 'error: --workdir={file} is a file, not a directory'),
+    (['--config=configs/nope.py'], "error: --config: [Errno 2] No such file or directory: "
+     "'configs/nope.py'"),
+], ids=['misspelt_override', 'bad_mode', 'workdir_is_a_file', 'missing_config_file'])
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+  (tmp_path / 'file').write_text('')
+  args = [a.format(file=tmp_path / 'file') for a in args]
+  message = message.format(file=tmp_path / 'file')
+  proc = _run(['--config=configs/synthetic.py', f'--workdir={tmp_path / "w"}', *args], check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message)
+  assert not (tmp_path / 'w').exists()
+
+
+def test_help_lists_modes_and_config_files_and_print_config_every_knob():
+  proc = _run(['--help'])
+  assert all(f'  {mode} ' in proc.stdout for mode in default_config.MODES)
+  assert 'configs/amazon.py' in proc.stdout and '--print_config' in proc.stdout
+  knobs = _run(['--config=configs/synthetic.py', '--print_config', '--config.sft.epochs=3']).stdout
+  assert '--config.sft.epochs=3' in knobs.splitlines() and '--config.mode=all' in knobs.splitlines()
+  assert len(knobs.splitlines()) > 100
+
+
+def test_help_describes_every_mode():
+  assert set(cli.MODES) == set(default_config.MODES)
+
+
 def test_baseline_mode_on_synthetic(tmp_path):
   _run(['--config=configs/synthetic.py', f'--workdir={tmp_path}', '--config.mode=baseline'])
-  config = json.loads((tmp_path / 'config.json').read_text())
-  assert config['mode'] == 'baseline'
+  assert not (tmp_path / 'config.json').exists()  # trains nothing: no training record
+  run, = [json.loads(p.read_text()) for p in (tmp_path / 'runs').glob('*-baseline.json')]
+  assert (run['mode'], run['status'], run['exit_code']) == ('baseline', 'ok', 0)
+  assert run['config']['mode'] == 'baseline' and (tmp_path / run['log']).is_file()
   for name in ('popularity', 'transition'):
     m = json.loads((tmp_path / 'eval' / f'{name}_test' / 'metrics.json').read_text())
     assert {f'HR@{k}' for k in (1, 3, 5, 10, 20, 50)} <= set(m)

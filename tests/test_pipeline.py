@@ -52,7 +52,7 @@ def test_sft_eval_recommend_on_synthetic(tmp_path):
   recs = json.loads((tmp_path / 'recommend.json').read_text())
   assert recs[0]['history'] == [3, 5, 7] and len(recs[0]['recommendations']) == 5
   assert all(r['title'].startswith('item ') for r in recs[0]['recommendations'])
-  assert '"recommendations"' in out.stdout
+  assert 'history, oldest first' in out.stdout and 'item 3' in out.stdout  # the readable table
 
 
 def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):

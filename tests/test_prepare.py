@@ -99,6 +99,15 @@ def test_gzip_input_gives_the_same_files(tmp_path):
     assert (tmp_path / 'plain' / rel).read_bytes() == (tmp_path / 'gz' / rel).read_bytes()
 
 
+def test_bom_before_the_first_json_line_gives_the_same_files(tmp_path):
+  bom = tmp_path / 'reviews_bom.json'
+  bom.write_bytes(b'\xef\xbb\xbf' + (FIXTURES / 'amazon2018_reviews.json').read_bytes())
+  _prepare_2018(tmp_path / 'plain')
+  _prepare_2018(tmp_path / 'bom', reviews=bom)
+  for rel in ('train/Office.csv', 'test/Office.csv', 'info/Office.txt', 'index/Office.item.json'):
+    assert (tmp_path / 'plain' / rel).read_bytes() == (tmp_path / 'bom' / rel).read_bytes()
+
+
 def test_default_window_and_k_are_minionerec_s(tmp_path):
   # 1996-10 .. 2018-11, 5-core: no fixture user has 5 interactions.
   with pytest.raises(amazon.DataError, match=r'no user has >= 5 interactions with items of >= 5 '

@@ -72,6 +72,8 @@ def test_load_item_text_orders_by_item_id(tmp_path):
   path.write_text(json.dumps(items))
   texts = text_embedding.load_item_text(path)
   assert texts[0] == 't0  c d' and texts[10] == 't10  c d'
+  path.write_bytes(b'\xef\xbb\xbf' + path.read_bytes())  # a BOM (spreadsheet export) is skipped
+  assert text_embedding.load_item_text(path) == texts
 
 
 def test_load_item_text_rejects_gaps(tmp_path):

@@ -1,59 +1,141 @@
 """vstar_jax entry point: flags -> config -> workdir -> the requested stage.
 
   python -m vstar_jax.main --config=configs/amazon.py:industrial --workdir=W --config.mode=baseline
+  python -m vstar_jax.main --help
 """
 
 from __future__ import annotations
 
-import json
-import logging as logging_std
+import os
 import pathlib
+import shlex
 import sys
+import traceback
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
+from vstar_jax import cli
 from vstar_jax import parallel
 from vstar_jax import pipeline
+from vstar_jax import recommender
+from vstar_jax import workdir as workdir_lib
+from vstar_jax.eval import summary
 from vstar_jax.train import run_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'ml_collections config file '
                                           '(configs/amazon.py:industrial, configs/synthetic.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (created; re-use to resume).')
+_OUT = flags.DEFINE_string('out', '', 'Where eval / recommend write when --workdir is read-only.')
+_PRINT_CONFIG = flags.DEFINE_bool('print_config', False, 'Print the resolved config and exit.')
+
+USER_ERRORS = (cli.UserError, ValueError, FileNotFoundError)  # ConfigError, DataError, WorkdirError
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops orbax's per-save INFO chatter; our own progress lines stay readable."""
+def command_config():
+  """The command's config, validated (eval / recommend: with W's recorded model settings)."""
+  try:
+    config = _CONFIG.value
+    if config is None:
+      raise cli.UserError('--config is required, e.g. --config=configs/synthetic.py (--help lists them)')
+    config.get('mode')  # a config file that failed to load raises here
+  except OSError as e:
+    raise cli.UserError(f'--config: {str(e).strip().splitlines()[-1].strip()}') from None
+  pipeline.validate(config)
+  return config
 
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or '/orbax/' not in record.pathname
+
+def with_training_config(config, workdir: pathlib.Path):
+  """eval and recommend run the model W recorded; other modes the command's config."""
+  if config.mode not in workdir_lib.READ_ONLY_MODES:
+    return config
+  config = workdir_lib.resolve_config(config, workdir)
+  pipeline.validate(config)
+  return config
+
+
+def run_mode(config, workdir: pathlib.Path, out: pathlib.Path) -> None:
+  if config.mode == 'recommend':
+    recommender.run_recommend(config, workdir, out)
+  else:
+    pipeline.run(config, workdir, out)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/synthetic.py')
-  if not _WORKDIR.value:
-    raise app.UsageError('--workdir is required')
+  del argv  # cli.parse_flags refused any stray argument
+  logging.get_absl_handler().addFilter(workdir_lib.QuietLibraries())
   try:
-    pipeline.validate(config)
-  except ValueError as e:
-    logging.error('%s', e)
-    sys.exit(f'config error: {e}')
+    config = command_config()
+    if _PRINT_CONFIG.value:
+      if _WORKDIR.value and pathlib.Path(_WORKDIR.value).is_dir():
+        config = with_training_config(config, pathlib.Path(_WORKDIR.value))
+      print('\n'.join(f'--config.{k}={v}' for k, v in workdir_lib.flat(config).items()))
+      return 0
+    if not _WORKDIR.value:
+      raise cli.UserError('--workdir is required (--help)')
+    workdir = pathlib.Path(_WORKDIR.value)
+    out = workdir_lib.output_dir(workdir, config.mode, _OUT.value)
+  except USER_ERRORS as e:
+    cli.fail(str(e))
+  except KeyboardInterrupt:
+    cli.fail('interrupted (Ctrl-C) before the run started', cli.INTERRUPTED)
   parallel.initialize_distributed(config.rl.distributed)  # multi-host: before anything touches JAX
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(json.dumps(config.to_dict(), indent=1, default=str))
+  if config.rl.distributed and jax.process_index() != 0:
+    run_mode(with_training_config(config, workdir), workdir, out)  # process 0 records the run
+    return 0
+  command = shlex.join(['python', '-m', 'vstar_jax.main', *sys.argv[1:]])
   try:
-    pipeline.run(config, workdir)
-  except (ValueError, FileNotFoundError, run_loop.TrainingDiverged) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    lock = None if config.mode in workdir_lib.READ_ONLY_MODES else workdir_lib.Lock(workdir, command)
+  except workdir_lib.WorkdirBusy as e:
+    cli.fail(str(e))
+  invocation = workdir_lib.Invocation(out, config.mode, sys.argv, workdir)
+  try:
+    config = with_training_config(config, workdir)
+    invocation.set_config(config)
+    run_mode(config, workdir, out)
+    table = summary.table([workdir, out], config.eval.split, invocation.start)
+    if table:
+      print(table)
+      invocation.note(table)
+  except KeyboardInterrupt:
+    kept = (f'; the checkpoints under {workdir}/checkpoints are kept: run the same command to '
+            'resume' if config.mode not in workdir_lib.READ_ONLY_MODES else '')
+    stop(invocation, lock, 'interrupted', cli.INTERRUPTED, f'interrupted (Ctrl-C){kept}')
+  except USER_ERRORS as e:
+    invocation.note(traceback.format_exc())
+    stop(invocation, lock, 'user_error', cli.USER_ERROR, f'error: {cli.one_line(e)}')
+  except run_loop.TrainingDiverged as e:
+    stop(invocation, lock, 'failed', 1, f'error: {cli.one_line(e)}')
+  except BaseException as e:
+    invocation.note(traceback.format_exc())
+    invocation.finish('failed', 1, repr(e))
+    if lock:
+      lock.release()
+    raise
+  invocation.finish('ok', 0)
+  if lock:
+    lock.release()
+  return 0
+
+
+def stop(invocation, lock, status: str, code: int, message: str) -> None:
+  """Records how the run ended, prints `message` as one line and exits with `code`.
+
+  Interrupted: os._exit, at once, without waiting for JAX's and orbax's exit handlers (pending
+  work is abandoned; a checkpoint being written stays a temporary that the next run deletes).
+  """
+  invocation.note(message)
+  invocation.finish(status, code, message)
+  if lock:
+    lock.release()
+  sys.stdout.flush()
+  sys.stderr.write(message + '\n')
+  sys.stderr.flush()
+  if code == cli.INTERRUPTED:
+    os._exit(code)
+  sys.exit(code)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

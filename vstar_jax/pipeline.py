@@ -4,34 +4,37 @@
   sid       -> W/sid/ (index.json, stats.json, codebook params)
   sft       -> W/checkpoints/sft, W/eval/sft_<split>/   (learns SIDs first if sid.source=learned)
   rl        -> W/checkpoints/rl,  W/eval/rl_<split>/    (runs sft first if it has no checkpoint)
-  eval      -> re-evaluates the newest trained stage
-  recommend -> top-N items with titles for given histories (W/recommend.json)
+  eval      -> re-evaluates the newest trained stage (into --out when given)
   all       -> baseline, sid (if learned), sft, rl
+  (recommend: vstar_jax.recommender)
+
+The stages that train record their config in W/config.json when their training is done
+(workdir.record_training); eval and recommend restore from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import time
 
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
 from vstar_jax import baselines
 from vstar_jax import default_config
+from vstar_jax import workdir as workdir_lib
 from vstar_jax.default_config import ConfigError
 from vstar_jax.data import amazon
 from vstar_jax.data import loading
 from vstar_jax.data import prepared
 from vstar_jax.data import synthetic
+from vstar_jax.data import batching
 from vstar_jax.data import types
-from vstar_jax.decode import search
 from vstar_jax.eval import evaluate
 from vstar_jax.eval import export
+from vstar_jax.eval import validate as validate_lib
 from vstar_jax.model import decoder
 from vstar_jax.prepare import sids as prepared_sids
 from vstar_jax.rl import loop
@@ -85,6 +88,8 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ty
     init = config.rl.init_workdir or config.sft.init_workdir
     if not index.exists() and init:  # starting from another run's model: its SIDs too
       index = pathlib.Path(init) / 'sid' / 'index.json'
+    if not index.exists() and config.mode in workdir_lib.READ_ONLY_MODES:
+      raise FileNotFoundError(f'{index} not found: {workdir} has no learned SIDs to restore')
     if not index.exists():
       run_sid(config, workdir, dataset)
       index = workdir / 'sid' / 'index.json'
@@ -152,6 +157,7 @@ def run_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
   shipped = learn.code_stats(dataset.item_codes, dataset.num_codes, embeddings)
   _, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source,
                               extra_stats={'shipped': shipped})
+  workdir_lib.record_training(workdir, config)
   logging.info('SIDs: level-1 utilization shipped %.3f -> ours %.3f; collisions shipped %d -> ours %d',
                shipped['utilization'][0], stats['after']['utilization'][0],
                shipped['collision_groups'], stats['collisions_after'])
@@ -164,12 +170,21 @@ def run_prepared_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   codes, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source)
   prepared_sids.write_sids(config.data_dir, config.data.name, codes)
   loading.load(config)  # the rewritten files pass the loader's validation
+  workdir_lib.record_training(workdir, config)
   return stats
 
 
-def plot_stage(workdir: pathlib.Path, stage: str, keys: list[str]) -> None:
+def plot_stage(workdir: pathlib.Path, stage: str, keys: list[str], dataset: types.Dataset,
+               valid: ml_collections.ConfigDict, kept_step: int | None) -> None:
+  """W/plots/<stage>_curves.png: the curves, the kept step, and the baselines on the valid rows.
+
+  valid: the stage's config section (its valid_split, valid_max_rows, valid_beams).
+  """
   records = metrics_log.MetricsLog(workdir).read(stage)
-  path = plots.plot_curves(records, keys, workdir / 'plots' / f'{stage}_curves.png', f'{stage} training')
+  rows = batching.validation_rows(len(dataset.splits[valid.valid_split]), valid.valid_max_rows)
+  references = validate_lib.baseline_metrics(dataset, valid.valid_split, rows, valid.valid_beams)
+  path = plots.plot_curves(records, keys, workdir / 'plots' / f'{stage}_curves.png',
+                           f'{stage} training', kept_step, references)
   if path:
     logging.info('wrote %s', path)
 
@@ -183,7 +198,9 @@ def run_sft(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
   start = time.time()
   result = sft.train(config, dataset, workdir, init_params=init_params)
   train_wall = time.time() - start
-  plot_stage(workdir, sft.STAGE, ['loss', 'acc_L1', 'acc_L3', 'valid_NDCG@10', 'valid_HR@10'])
+  workdir_lib.record_training(workdir, config)
+  plot_stage(workdir, sft.STAGE, ['loss', 'acc_L1', 'acc_L3', 'valid_NDCG@10', 'valid_HR@10'],
+             dataset, config.sft, result.best_step)
   extra = {'train_wall_s': train_wall, 'train_steps': result.steps,
            'train_splits': list(config.sft.train_splits), 'seed': config.seed,
            'init_workdir': config.sft.init_workdir, 'holdout': config.data.holdout,
@@ -225,61 +242,21 @@ def restore_sft_from(config, flag: str, init: str, dataset: types.Dataset):
   return restored
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
-  """Re-evaluates the newest trained stage (rl if present, else sft)."""
-  dataset = dataset or load_dataset(config, workdir)
+def restore_newest(config, workdir: pathlib.Path, dataset: types.Dataset):
+  """(stage, params, cfg) of the newest trained stage of W (rl if it has one, else sft)."""
   for stage in ('rl', 'sft'):
     restored = restore_params(config, workdir, dataset, stage)
     if restored is not None:
-      return evaluate.evaluate_params(config, workdir, dataset, *restored, stage)
+      return (stage, *restored)
   raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: run --config.mode=sft first')
 
 
-def parse_history(text: str, num_items: int) -> list[int]:
-  try:
-    items = [int(x) for x in text.split(',') if x.strip()]
-  except ValueError:
-    raise ValueError(f'--config.recommend.history: expected comma-separated item ids, got {text!r}') from None
-  bad = [i for i in items if not 0 <= i < num_items]
-  if bad or not items:
-    raise ValueError(f'--config.recommend.history: item ids must be in 0..{num_items - 1}, got {text!r}')
-  return items
-
-
-def run_recommend(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> list:
-  """Top-N items (ids + titles) for the given history, or for the first rows of eval.split."""
+def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None,
+             out: pathlib.Path | None = None) -> dict:
+  """Re-evaluates the newest trained stage of W -> out/eval/<stage>_<split>/ (out: W by default)."""
   dataset = dataset or load_dataset(config, workdir)
-  restored = None
-  for stage in ('rl', 'sft'):
-    restored = restore_params(config, workdir, dataset, stage)
-    if restored is not None:
-      break
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: run --config.mode=sft first')
-  params, cfg = restored
-  t = dataset.max_history
-  if config.recommend.history:
-    items = parse_history(config.recommend.history, dataset.num_items)[-t:]
-    item_rows = np.array([[types.PAD] * (t - len(items)) + items])
-  else:
-    item_rows = dataset.splits[config.eval.split].history_items[:config.recommend.num_rows]
-  history = np.where((item_rows >= 0)[..., None], dataset.item_codes[np.maximum(item_rows, 0)], -1)
-  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  top_n = config.recommend.top_n
-  codes, scores = search.beam_search(params, cfg, trie, np.asarray(history, np.int32), max(top_n, 1))
-  nodes = np.asarray(trie_lib.lookup(trie, np.maximum(np.asarray(codes), 0)))
-  out = []
-  for row, user_items in enumerate(item_rows):
-    recs = []
-    for slot in range(top_n):
-      for item in trie.leaf_items[nodes[row, slot]]:
-        if item >= 0:
-          recs.append({'item_id': int(item), 'title': str(dataset.item_titles[item]),
-                       'log_prob': float(scores[row, slot])})
-    out.append({'history': [int(i) for i in user_items if i >= 0], 'recommendations': recs[:top_n]})
-  (workdir / 'recommend.json').write_text(json.dumps(out, indent=1))
-  print(json.dumps(out, indent=1))
-  return out
+  stage, params, cfg = restore_newest(config, workdir, dataset)
+  return evaluate.evaluate_params(config, out or workdir, dataset, params, cfg, stage)
 
 
 FINAL_RL_STAGE = 'rl_final'  # W/eval/rl_final_<split>/: the last RL step, when it is not the kept one
@@ -301,9 +278,11 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
   start = time.time()
   result = loop.train(config, dataset, workdir, sft_params, cfg, item_emb=item_emb)
   train_wall = time.time() - start
+  workdir_lib.record_training(workdir, config)
   plot_stage(workdir, loop.STAGE, ['loss', 'reward_mean', 'rollout_hit', 'nonzero_adv_groups',
                                    'sibling_nonzero_L1', 'sibling_nonzero_L2',
-                                   'sibling_nonzero_L3', 'kl', 'valid_NDCG@10'])
+                                   'sibling_nonzero_L3', 'kl', 'valid_NDCG@10'],
+             dataset, config.rl, result.best_step)
   r = config.rl
   extra = {'rl_wall_s': train_wall, 'rl_steps': result.steps, 'seed': config.seed,
            'rollout': r.rollout, 'w_sib': r.w_sib, 'reward': r.reward, 'group_size': r.group_size,
@@ -323,12 +302,13 @@ def run_all(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   run_rl(config, workdir, dataset)
 
 
-STAGES = {'baseline': run_baselines, 'sid': run_sid, 'sft': run_sft, 'rl': run_rl,
-          'eval': run_eval, 'recommend': run_recommend}
+STAGES = {'baseline': run_baselines, 'sid': run_sid, 'sft': run_sft, 'rl': run_rl, 'all': run_all}
 
 
-def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  if config.mode == 'all':
-    run_all(config, workdir)
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+        out: pathlib.Path | None = None) -> None:
+  """The stage of config.mode (but recommend); eval writes into `out` (default W)."""
+  if config.mode == 'eval':
+    run_eval(config, workdir, out=out)
   else:
     STAGES[config.mode](config, workdir)

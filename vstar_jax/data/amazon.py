@@ -8,6 +8,7 @@ logs how many (the split files only: catalogue files must be clean).
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import io
 import json
@@ -62,12 +63,14 @@ def dataset_files(data_dir: pathlib.Path, name: str) -> dict[str, pathlib.Path]:
 
 
 def read_text(path: pathlib.Path) -> str:
-  """File contents as UTF-8; a missing file or bad bytes raise DataError naming the line."""
+  """File contents as UTF-8, a leading BOM dropped (spreadsheet exports write one); a missing
+  file or bad bytes raise DataError naming the line."""
   if not path.is_file():
     raise DataError(f'missing file: {path}')
   raw = path.read_bytes()
+  raw = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
   try:
-    return raw.decode('utf-8')
+    return raw.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     line = raw[:e.start].count(b'\n') + 1
     raise DataError(f'{path}: line {line}: bytes {raw[e.start:e.end]!r} are not valid UTF-8 '

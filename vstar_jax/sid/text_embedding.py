@@ -23,7 +23,7 @@ def load_item_text(path: str | pathlib.Path) -> list[str]:
   """`<Name>.item.json` {item_id: {title, description, brand, categories}} -> texts [I]."""
   path = pathlib.Path(path)
   try:
-    items = json.loads(path.read_text(encoding='utf-8'))
+    items = json.loads(path.read_text(encoding='utf-8-sig'))
   except json.JSONDecodeError as e:
     raise ValueError(f'{path}: line {e.lineno}: invalid JSON ({e.msg})') from None
   if not isinstance(items, dict) or not items:

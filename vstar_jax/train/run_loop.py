@@ -49,7 +49,13 @@ class StageRun:
 
   def resume(self, state) -> tuple[Any, bool]:
     """(latest checkpointed state or `state`, whether one was restored); drops later log records."""
-    restored = self.ckpt.restore_latest(state)
+    try:
+      restored = self.ckpt.restore_latest(state)
+    except RuntimeError as e:  # every step failed: almost always a config that changed since
+      self.ckpt.close()
+      raise ValueError(f'{self.ckpt.directory}: the checkpoints do not match this config (model '
+                       'size, SIDs or EMA differ from the run that wrote them; its config.json '
+                       f'records how it was trained): {e}') from e
     if restored is not None:
       state = restored[0]
       logging.info('%s: resumed from step %d (epoch %d, batch %d)', self.stage, int(state.step),

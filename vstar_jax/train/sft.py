@@ -206,6 +206,7 @@ class SftResult:
   cfg: decoder.DecoderConfig
   best_valid: dict
   steps: int
+  best_step: int | None = None  # the kept step (None: stopped early, nothing kept)
 
 
 def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pathlib.Path,
@@ -266,4 +267,4 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
                  valid['valid_HR@10'], valid[BEST_METRIC])
     run.save(step, state, valid)
   done = run.finish(state, step, keep_best=s.keep_best)
-  return SftResult(eval_params(done.state), cfg, done.best_valid, step)
+  return SftResult(eval_params(done.state), cfg, done.best_valid, step, done.best_step)
