@@ -1,0 +1,55 @@
+"""The known-reward simulator: its world is what its docstring promises, and RL on the true reward pays."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from vstar_jax.data import simulator
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
+import simulator as simulator_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SMALL = simulator.SimulatorConfig(num_items=300, num_users=300)
+
+
+def test_world_is_seeded_and_plants_rarely_exposed_gems():
+  a, b = simulator.make_world(SMALL, 0), simulator.make_world(SMALL, 0)
+  np.testing.assert_array_equal(a.item_vectors, b.item_vectors)
+  assert not np.array_equal(a.item_vectors, simulator.make_world(SMALL, 1).item_vectors)
+  assert len({tuple(c) for c in a.item_codes.tolist()}) == SMALL.num_items  # distinct SIDs
+  assert a.gems.any() and (~a.gems).any()
+  # Gems are exposed less than the median item, yet liked more by the users of their branch.
+  assert np.median(a.popularity[a.gems]) < np.median(a.popularity[~a.gems])
+  users = np.arange(SMALL.num_users)
+  best = a.best_items()
+  pref = a.preference(users, best)
+  assert pref.shape == (SMALL.num_users,) and np.all((pref > 0) & (pref < 1))
+  every = a.preference(np.repeat(users, SMALL.num_items), np.tile(np.arange(SMALL.num_items),
+                                                                  SMALL.num_users))
+  np.testing.assert_allclose(pref, every.reshape(SMALL.num_users, -1).max(1), rtol=1e-6)
+
+
+def test_logged_histories_follow_popularity_more_than_reward():
+  world = simulator.make_world(SMALL, 0)
+  logs = simulator.log_interactions(world, SMALL, 0)  # [U, seq_len] item ids
+  counts = np.bincount(logs.ravel(), minlength=SMALL.num_items)
+  rank = lambda x: np.argsort(np.argsort(x))
+  by_popularity = np.corrcoef(rank(counts), rank(world.popularity))[0, 1]
+  liked = world.preference(np.arange(SMALL.num_users).repeat(SMALL.num_items),
+                           np.tile(np.arange(SMALL.num_items), SMALL.num_users))
+  by_reward = np.corrcoef(rank(counts), rank(liked.reshape(SMALL.num_users, -1).mean(0)))[0, 1]
+  assert by_popularity > 0.5 and by_popularity > by_reward
+
+
+@pytest.mark.slow  # ~70 s on the 2-core CPU: outside CI's budget, run by `python -m pytest -q`
+def test_rl_on_the_true_reward_beats_its_sft_start(tmp_path):
+  """GRPO-beam and V-STAR both raise the true reward of the top-10 over SFT (3 of 3 benchmark
+  seeds do by +0.03..0.05; V-STAR > GRPO-beam does not hold there, so it is not asserted)."""
+  config = simulator_benchmark.experiment_config(rl_steps=30)
+  config.sft.epochs = 6
+  rows = simulator_benchmark.run_seed(0, SMALL, config, ['grpo_beam', 'vstar'], tmp_path)
+  reward = {r['run']: r['true_reward'] for r in rows}
+  assert reward['grpo_beam'] > reward['sft'] + 0.01, reward
+  assert reward['vstar'] > reward['sft'] + 0.01, reward
