@@ -10,6 +10,7 @@ import os
 import pathlib
 import shlex
 import sys
+import time
 import traceback
 
 from absl import app, flags, logging
@@ -122,19 +123,21 @@ def main(argv):
 def stop(invocation, lock, status: str, code: int, message: str) -> None:
   """Records how the run ended, prints `message` as one line and exits with `code`.
 
-  Interrupted: os._exit, at once, without waiting for JAX's and orbax's exit handlers (pending
-  work is abandoned; a checkpoint being written stays a temporary that the next run deletes).
+  os._exit, at once, without JAX's and orbax's exit handlers: after a failed restore orbax's
+  threads print 'Event loop is closed' tracebacks at a normal exit, which would bury the one
+  line. Pending work is abandoned; a checkpoint being written stays a temporary that the next
+  run deletes, and the last committed one is kept.
   """
   invocation.note(message)
   invocation.finish(status, code, message)
   if lock:
     lock.release()
   sys.stdout.flush()
+  if code != cli.INTERRUPTED:
+    time.sleep(0.5)  # let those threads' output land first, so the message is the last line
   sys.stderr.write(message + '\n')
   sys.stderr.flush()
-  if code == cli.INTERRUPTED:
-    os._exit(code)
-  sys.exit(code)
+  os._exit(code)
 
 
 if __name__ == '__main__':
