@@ -27,10 +27,10 @@ from vstar_jax import default_config
 from vstar_jax import workdir as workdir_lib
 from vstar_jax.default_config import ConfigError
 from vstar_jax.data import amazon
+from vstar_jax.data import batching
 from vstar_jax.data import loading
 from vstar_jax.data import prepared
 from vstar_jax.data import synthetic
-from vstar_jax.data import batching
 from vstar_jax.data import types
 from vstar_jax.eval import evaluate
 from vstar_jax.eval import export
@@ -225,9 +225,7 @@ def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage:
     finally:
       ckpt.close()
   except RuntimeError as e:
-    raise ValueError(f'{directory}: the checkpoints do not match this config (model size, SIDs '
-                     f'or --config.sft.ema_decay={config.sft.ema_decay} differ from the run that '
-                     f'wrote them): {e}') from e
+    raise checkpoint_lib.config_mismatch(directory, e) from e
   return None if restored is None else (sft.eval_params(restored[0]), cfg)
 
 

@@ -111,8 +111,7 @@ class Recommender:
 
   def _decode(self, rows: np.ndarray, beams: int, decoder: str):
     """rows [B, T] -> codes [B, W, L], scores [B, W], in bucket-padded batches."""
-    codes = self.dataset.item_codes[np.maximum(rows, 0)]
-    history = np.where((rows >= 0)[..., None], codes, types.PAD).astype(np.int32)  # [B, T, L]
+    history = self.dataset.codes_of(rows)  # [B, T, L]
     out_codes, out_scores = [], []
     for start in range(0, len(history), BUCKETS[-1]):
       chunk = history[start:start + BUCKETS[-1]]
@@ -127,8 +126,7 @@ class Recommender:
     if decoder == 'beam':
       return search.beam_search(self._params, self.cfg, self._trie, history, beams)
     vcfg = dataclasses.replace(evaluate.ved_config(self.config), group_size=beams)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-        jax.random.key(self.config.seed), jnp.arange(history.shape[0]) + first)
+    keys = search.user_keys(jax.random.key(self.config.seed), jnp.arange(history.shape[0]) + first)
     out = search.ved_search(self._params, self.cfg, self._trie, history, keys, vcfg)
     return out.candidates, out.scores
 

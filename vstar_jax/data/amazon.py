@@ -70,7 +70,7 @@ def read_text(path: pathlib.Path) -> str:
   raw = path.read_bytes()
   raw = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
   try:
-    return raw.decode('utf-8-sig')
+    return raw.decode('utf-8')
   except UnicodeDecodeError as e:
     line = raw[:e.start].count(b'\n') + 1
     raise DataError(f'{path}: line {line}: bytes {raw[e.start:e.end]!r} are not valid UTF-8 '

@@ -79,11 +79,14 @@ class Dataset:
   def max_history(self) -> int:
     return int(next(iter(self.splits.values())).history_items.shape[1])
 
-  def history_codes(self, split: str) -> np.ndarray:
-    """[N, T, L] int32 SID codes of the split's histories, PAD where padded."""
-    items = self.splits[split].history_items
+  def codes_of(self, items: np.ndarray) -> np.ndarray:
+    """Item-id histories [N, T] (PAD where padded) -> [N, T, L] int32 SID codes, PAD where padded."""
     codes = self.item_codes[np.maximum(items, 0)]
     return np.where((items >= 0)[..., None], codes, PAD).astype(np.int32)
+
+  def history_codes(self, split: str) -> np.ndarray:
+    """[N, T, L] int32 SID codes of the split's histories, PAD where padded."""
+    return self.codes_of(self.splits[split].history_items)
 
   def target_codes(self, split: str) -> np.ndarray:
     """[N, L] int32 SID codes of the split's targets."""

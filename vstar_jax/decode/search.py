@@ -43,6 +43,12 @@ def beam_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history
   return beam_lib.beam_search(step, state, trie, history.shape[0], num_beams)
 
 
+def user_keys(key: jax.Array, user_index: jnp.ndarray) -> jax.Array:
+  """Per-user keys [B]: fold_in(key, each user's index) [B], so a user's draws do not depend on
+  the batching or sharding."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, user_index)
+
+
 @functools.partial(jax.jit, static_argnames=('cfg', 'vcfg'))
 def ved_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
                keys: jnp.ndarray, vcfg: ved_lib.VedConfig) -> ved_lib.VedOutput:
@@ -85,8 +91,7 @@ def ved_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, hi
   key = jax.random.key(seed)
 
   def run(h, first):
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(h.shape[0]) + first)
-    out = ved_search(params, cfg, trie, h, keys, vcfg)
+    out = ved_search(params, cfg, trie, h, user_keys(key, jnp.arange(h.shape[0]) + first), vcfg)
     return out.candidates, out.scores, out.num_forwards
 
   return _split(run, history, batch_size, 'VED', log_every_s)

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 
 from vstar_jax.decode import search
 
 
-def user_keys(key: jax.Array, user_index: jnp.ndarray) -> jax.Array:
-  """Per-user keys [B] from the users' positions in the global batch (sharding-invariant)."""
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, user_index)
+user_keys = search.user_keys  # per-user keys from the users' positions in the global batch
 
 
 def beam_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:

@@ -225,3 +225,9 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f'vstar_checkpoint_quarantine_{steps[0]}')
     self._manager.reload()
 
+
+def config_mismatch(directory: pathlib.Path, error: Exception) -> ValueError:
+  """The user error for checkpoints no step of which restores into this config's template."""
+  return ValueError(f'{directory}: the checkpoints do not match this config (model size, SIDs or '
+                    'EMA (--config.sft.ema_decay) differ from the run that wrote them; its '
+                    f'config.json records how it was trained): {error}')

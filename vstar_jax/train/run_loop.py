@@ -53,9 +53,7 @@ class StageRun:
       restored = self.ckpt.restore_latest(state)
     except RuntimeError as e:  # every step failed: almost always a config that changed since
       self.ckpt.close()
-      raise ValueError(f'{self.ckpt.directory}: the checkpoints do not match this config (model '
-                       'size, SIDs or EMA differ from the run that wrote them; its config.json '
-                       f'records how it was trained): {e}') from e
+      raise checkpoint_lib.config_mismatch(self.ckpt.directory, e) from e
     if restored is not None:
       state = restored[0]
       logging.info('%s: resumed from step %d (epoch %d, batch %d)', self.stage, int(state.step),
