@@ -89,7 +89,7 @@ def main(argv):
   beam_cfg = dataclasses.replace(vcfg, width=width, multiplier=1.0, group_size=width,
                                  leaf_ranking='logprob')
   trees = {name: tree_parts(jax.device_get(search.ved_search(run.params, run.cfg, run.trie, history,
-                                                             keys, c)), 0)
+                                                             keys, c, keep_tree=True)), 0)
            for name, c in (('beam', beam_cfg), ('ved', ved_cfg))}
   values = [v for t in trees.values() for part in ('nodes', 'leaves') for _, v in t[part]]
   norm = matplotlib.colors.Normalize(min(values), max(values))

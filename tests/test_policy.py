@@ -51,8 +51,10 @@ def test_ved_policy_expansions_equal_the_prefix_pass():
 
   out = root_fn()
   check(out, np.zeros((3, 1, 3), np.int32), 0)
-  embedding = jax.tree.map(lambda x: jnp.repeat(x, 4, axis=1), out[3])
+  path = [jax.tree.map(lambda x: jnp.repeat(x, 4, axis=1), out[3])]   # own-token states by depth
   for depth in range(1, 3):
-    out = expand_fn(embedding, codes[..., depth - 1], np.full((3, 4), depth - 1, np.int32))
+    states = path + [jax.tree.map(jnp.zeros_like, path[0])] * (3 - len(path))
+    path_states = jax.tree.map(lambda *xs: jnp.stack(xs, axis=2), *states)   # [B, M, L, ...]
+    out = expand_fn(path_states, codes[..., depth - 1], np.full((3, 4), depth - 1, np.int32))
     check(out, codes, depth)
-    embedding = out[3]
+    path.append(out[3])

@@ -57,23 +57,26 @@ def problem(num_items, num_codes):
 
 
 def toy_fns(tables, batch):
-  """(root_fn, expand_fn) over the toy tables; a node's embedding is its prefix [B, M, L]."""
+  """(root_fn, expand_fn) over the toy tables; a node's embedding is its own code (-1: root),
+  so a child's prefix is rebuilt from the path states, as the decoder rebuilds its KV cache."""
   logits, values, q = tables
   num_codes = logits.shape[-1]
 
-  def outputs(prefix):
+  def outputs(prefix, code):
     row = jnp.sum((prefix + 1) * (num_codes + 1) ** jnp.arange(L), axis=-1)
     users = jnp.arange(batch)[:, None]
     return (jax.nn.log_softmax(logits[users, row], axis=-1), values[users, row], q[users, row],
-            prefix)
+            code)
 
   def root_fn():
-    return outputs(jnp.full((batch, 1, L), -1, jnp.int32))
+    return outputs(jnp.full((batch, 1, L), -1, jnp.int32), jnp.full((batch, 1), -1, jnp.int32))
 
-  def expand_fn(parent_prefix, code, parent_depth):
-    assert parent_prefix.shape[:2] == code.shape
-    at = jnp.arange(L) == parent_depth[..., None]
-    return outputs(jnp.where(at, code[..., None], parent_prefix))
+  def expand_fn(path_codes, code, parent_depth):
+    assert path_codes.shape == code.shape + (L,)
+    levels = jnp.arange(L)
+    shifted = jnp.concatenate([path_codes[..., 1:], jnp.full(code.shape + (1,), -1)], -1)
+    prefix = jnp.where(levels < parent_depth[..., None], shifted, -1)
+    return outputs(jnp.where(levels == parent_depth[..., None], code[..., None], prefix), code)
 
   return root_fn, expand_fn
 
@@ -159,6 +162,11 @@ def rule_scores(p, nodes, eligible, cfg, noise):
   """Selection scores of the eligible pairs under cfg.selection (decode.selection, in float64)."""
   if cfg.selection == 'best_first':
     return {(s, c): nodes[s]['cum'] + nodes[s]['logp'][c] for s, c in eligible}
+  if cfg.selection == 'lookahead':
+    drops = [np.mean([max(nodes[t]['logp'][k] for k in nodes[t]['valid'])
+                      for t in nodes if len(t) == d] or [0.0]) for d in range(L)]
+    return {(s, c): nodes[s]['cum'] + nodes[s]['logp'][c]
+            + cfg.lookahead_weight * sum(drops[len(s) + 1:]) for s, c in eligible}
   g = {(s, c): float(nodes[s]['q'][c]) + cfg.lam * nodes[s]['entropy'] for s, c in eligible}
   z = {}
   for depth in range(L):
@@ -178,16 +186,16 @@ def rule_scores(p, nodes, eligible, cfg, noise):
     same = [nodes[t]['priority'] for t in nodes if len(t) == len(s)]
     gated = n['priority'] < np.mean(same) - 1e-6 * (1 + abs(np.mean(same)))
     bonus = cfg.beta * np.sqrt(np.log(root_visits + 1.0) / (n['visits'] + 1.0))
-    tie = 1e-3 * (n['logp'][c] + noise[n['slot'], c])
+    tie = 1e-3 * (n['logp'][c] + noise[n['slot'], n['valid'].index(c)])
     out[(s, c)] = z[(s, c)] + bonus + tie - (selection.GATE_PENALTY if gated else 0.0)
   return out
 
 
-def kernel_noise(cfg, seed, num_nodes, num_codes, steps=64):
-  """The Gumbel draws the ucb rule makes at each stage-2 step, per user: [B, steps, N, K]."""
+def kernel_noise(cfg, seed, num_nodes, num_slots, steps=64):
+  """The Gumbel draws the ucb rule makes at each stage-2 step, per user: [B, steps, N, F]."""
   keys = keys_of(seed)
   return np.stack([np.stack([np.asarray(jax.random.gumbel(jax.random.fold_in(keys[b], t),
-                                                          (num_nodes, num_codes)))
+                                                          (num_nodes, num_slots)))
                              for t in range(steps)]) for b in range(BATCH)])
 
 
@@ -203,6 +211,9 @@ CONFIGS = [
     ved_lib.VedConfig(width=3, multiplier=5, selection='puct', beta=2.0, leaf_ranking='value'),
     ved_lib.VedConfig(width=4, multiplier=3, selection='best_first', leaf_ranking='mix', mix=3.0),
     ved_lib.VedConfig(width=2, multiplier=6, selection='ucb', lam=0.5, beta=0.3, per_step=3),
+    ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', group_size=10),
+    ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', per_step=1, group_size=10,
+                      lookahead_weight=1.0),
 ]
 
 
@@ -211,7 +222,7 @@ CONFIGS = [
 def test_equals_the_plain_python_reference(cfg, shape):
   p = problem(*shape)
   out = run(cfg, shape)
-  noise = kernel_noise(cfg, 0, ved_lib.budget(cfg, L), p.num_codes)
+  noise = kernel_noise(cfg, 0, ved_lib.budget(cfg, L), p.trie.child_codes.shape[1])
   for user in range(BATCH):
     order, cands = reference(p, user, cfg, noise[user])
     assert kernel_order(out, user) == order, user
@@ -280,6 +291,18 @@ def test_large_budget_best_first_finds_the_exact_top_leaves():
       return sum(p.policy(user, tuple(sid[:l]))[0][sid[l]] for l in range(L))
     best = sorted(p.item_codes.tolist(), key=log_prob, reverse=True)[:10]
     assert out.candidates[user].tolist() == best
+
+
+def test_lookahead_without_its_estimate_is_best_first():
+  cfg = ved_lib.VedConfig(width=3, multiplier=4, selection='best_first', group_size=10)
+  a = run(cfg, WIDE)
+  b = run(ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', lookahead_weight=0.0,
+                            group_size=10), WIDE)
+  np.testing.assert_array_equal(a.tree.prefix, b.tree.prefix)
+  np.testing.assert_array_equal(a.candidates, b.candidates)
+  c = run(ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', lookahead_weight=1.0,
+                            group_size=10), WIDE)
+  assert not np.array_equal(a.tree.prefix, c.tree.prefix)    # the estimate changes the order
 
 
 def test_fixed_key_is_deterministic_and_the_jit_cache_does_not_grow():

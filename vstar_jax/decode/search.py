@@ -49,13 +49,20 @@ def user_keys(key: jax.Array, user_index: jnp.ndarray) -> jax.Array:
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, user_index)
 
 
-@functools.partial(jax.jit, static_argnames=('cfg', 'vcfg'))
+@functools.partial(jax.jit, static_argnames=('cfg', 'vcfg', 'keep_tree'))
 def ved_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
-               keys: jnp.ndarray, vcfg: ved_lib.VedConfig) -> ved_lib.VedOutput:
-  """VED (paper Sec. 4.2) for users history [B, T, L] with per-user keys [B]: one batched search."""
+               keys: jnp.ndarray, vcfg: ved_lib.VedConfig,
+               keep_tree: bool = False) -> ved_lib.VedOutput:
+  """VED (paper Sec. 4.2) for users history [B, T, L] with per-user keys [B]: one batched search.
+
+  The search tree is returned only with keep_tree=True (figures, tests): otherwise XLA
+  drops every tree field the candidates do not depend on (e.g. Q when neither the rule nor
+  the leaf ranking reads it) and the [B, N, ...] arrays never leave the device.
+  """
   check_trie(cfg, trie)
   root_fn, expand_fn = policy.ved_policy(params, cfg, history)
-  return ved_lib.ved(root_fn, expand_fn, trie, keys, vcfg)
+  out = ved_lib.ved(root_fn, expand_fn, trie, keys, vcfg)
+  return out if keep_tree else out.replace(tree=None)
 
 
 def beam_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie,

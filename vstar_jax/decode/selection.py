@@ -89,4 +89,33 @@ def best_first(tree, eligible, keys, cfg) -> jnp.ndarray:
   return tree.cum_log_prob[..., None] + tree.child_log_prob
 
 
-RULES = {'ucb': ucb, 'puct': puct, 'best_first': best_first}
+def depth_drops(tree) -> jnp.ndarray:
+  """[B, L] mean over the expanded nodes at each depth of their best next-code log-prob
+  (0 where a depth has no expanded node): the tree's own estimate of one step's cost."""
+  num_levels = tree.prefix.shape[-1]
+  best = jnp.max(tree.child_log_prob, axis=-1)                                  # [B, N]
+  seen = tree.exists & (best > -jnp.inf)
+  at_depth = (seen[..., None] & (tree.depth[..., None] == jnp.arange(num_levels)))  # [B, N, L]
+  total = jnp.sum(jnp.where(at_depth, best[..., None], 0.0), axis=1)
+  return total / jnp.maximum(jnp.sum(at_depth, axis=1), 1)
+
+
+def lookahead(tree, eligible, keys, cfg) -> jnp.ndarray:
+  """A*-style best-first: log-prob of s.c plus cfg.lookahead_weight times the tree's estimate
+  of the log-prob still to come below it, sum_{e > depth(s)} depth_drops[e], so a depth-1 and
+  a depth-2 prefix are compared on one scale, the log-prob of the best whole SID they lead to
+  (docs/method.md, "VED"). Weight 0 is best_first, which prefers shallow prefixes (log-probs
+  only fall with depth) and spends forwards on depth-1 prefixes whose leaves never make the
+  top G; weight 1 takes the estimate at face value (it is optimistic: the mean best step)."""
+  del eligible, keys
+  num_levels = tree.prefix.shape[-1]
+  drops = cfg.lookahead_weight * depth_drops(tree)                                                     # [B, L]
+  to_come = jnp.flip(jnp.cumsum(jnp.flip(drops, -1), -1), -1)                   # [B, L]
+  to_come = jnp.concatenate([to_come[:, 1:], jnp.zeros_like(to_come[:, :1])], -1)
+  # to_come[b, d] = sum_{e > d} drops[b, e]: a child of a depth-d node sits at depth d+1 and
+  # still needs the steps below it, depth d+1 .. L-1.
+  below = jnp.take_along_axis(to_come, jnp.minimum(tree.depth, num_levels - 1), axis=1)
+  return tree.cum_log_prob[..., None] + tree.child_log_prob + below[..., None]
+
+
+RULES = {'ucb': ucb, 'puct': puct, 'best_first': best_first, 'lookahead': lookahead}

@@ -1,7 +1,7 @@
 """Value-Guided Efficient Decoding (VED, paper Sec. 4.2, Eq. 10-14): a batched tree search.
 
 One tree per user, stored mctx-style as arrays with a leading batch axis ([B, N] node
-fields, [B, N, K] child tables) sized statically by the forward budget; every step is a
+fields, [B, N, F] child tables, F the trie's largest fan-out) sized statically by the forward budget; every step is a
 masked gather / scatter / top_k, so the whole search is one jitted program whatever the
 data, and all users of a shard are searched together (no vmap of one-user trees).
 
@@ -18,10 +18,10 @@ B = floor(m (1 + (L-1) w)).
     L-1: 1 + (L-1) w forwards (fewer where the trie has fewer prefixes).
   * Stages 2-4, while budget remains: the selection rule (decode.selection; the paper's
     gated UCB of Eq. 11, 13-14 by default) scores every eligible (node, code) pair
-    [B, N, K] (node expanded, depth <= L-2, code valid, child not yet expanded); the top
+    [B, N, F] (node expanded, depth <= L-2, code valid, child not yet expanded); the top
     k pairs per user (static k, default w) are expanded in ONE batched [B, k] forward,
     the shape of a beam step; visit counts N are backed up along their paths. Iterations
-    ~ (B - base) / k; the last one is masked to the budget left.
+    ~ (B - base) / k; the last one expands the (B - base) mod k pairs left.
   * Output: the candidate leaves ranked by cumulative log-prob, by Q, or by a mix; the
     top G with a validity mask where fewer exist (leaves are distinct trie paths: never
     a duplicate to pad a group).
@@ -63,6 +63,7 @@ class VedConfig:
     leaf_ranking: 'logprob' | 'value' (Q of the leaf) | 'mix' (logprob + mix * Q).
     mix: weight of Q in the 'mix' leaf ranking.
     per_step: k, pairs expanded per stage-2 iteration (0: w).
+    lookahead_weight: weight of the log-prob still to come in the 'lookahead' rule.
   """
   width: int = 8
   multiplier: float = 1.0
@@ -73,6 +74,7 @@ class VedConfig:
   leaf_ranking: str = 'logprob'
   mix: float = 1.0
   per_step: int = 0
+  lookahead_weight: float = 0.5
 
   def __post_init__(self):
     def check(name, ok, message):
@@ -130,10 +132,10 @@ def _stage1(tree: Tree, trie: trie_lib.Trie, expand_fn: ved_tree.ExpandFn,
   for _ in range(1, tree.num_levels):
     scores = tree.cum_log_prob[rows, frontier][..., None] + tree.child_log_prob[rows, frontier]
     mask = alive[..., None] & (scores > -jnp.inf)
-    index, codes, real = ved_tree.top_pairs(scores, mask, cfg.width)
+    index, child_slots, real = ved_tree.top_pairs(scores, mask, cfg.width)
     parents = jnp.take_along_axis(frontier, index, axis=1)
     slots = tree.num_forwards[:, None] + jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1
-    tree = ved_tree.expand(tree, trie, expand_fn, parents, codes, real, cfg.lam)
+    tree = ved_tree.expand(tree, trie, expand_fn, parents, child_slots, real, cfg.lam)
     frontier, alive = jnp.where(real, slots, 0), real
   return tree
 
@@ -143,24 +145,26 @@ def _search(tree: Tree, trie: trie_lib.Trie, expand_fn: ved_tree.ExpandFn, keys:
   """Stages 2-4: score eligible pairs, expand the top k per user in one forward, back up.
 
   The ceil((budget - base) / k) iterations are unrolled (a static count): XLA then fuses
-  across iterations, 1.5-2x faster on CPU than a while_loop; iterations after the budget
-  or the eligible pairs run out are fully masked (no forward is counted).
+  across iterations, 1.5-2x faster on CPU than a while_loop. The last one expands only the
+  (budget - base) mod k pairs left, so no forward is computed past the budget; iterations
+  after the eligible pairs run out are fully masked (no forward is counted).
   """
   total, k = budget(cfg, trie.num_levels), cfg.expansions_per_step
-  max_steps = -(-(total - base_budget(trie.num_levels, cfg.width)) // k)
-  for step in range(max_steps):
+  left_after_stage1 = total - base_budget(trie.num_levels, cfg.width)
+  for step in range(-(-left_after_stage1 // k)):
+    width = min(k, left_after_stage1 - step * k)
     eligible = tree.eligible()
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
     scores = select_fn(tree, eligible, step_keys, cfg)
-    parents, codes, real = ved_tree.top_pairs(scores, eligible, k)
+    parents, child_slots, real = ved_tree.top_pairs(scores, eligible, width)
     left = total - tree.num_forwards
-    real = real & (jnp.arange(k)[None, :] < left[:, None])
-    tree = ved_tree.expand(tree, trie, expand_fn, parents, codes, real, cfg.lam)
+    real = real & (jnp.arange(width)[None, :] < left[:, None])
+    tree = ved_tree.expand(tree, trie, expand_fn, parents, child_slots, real, cfg.lam)
   return tree
 
 
 def leaf_scores(tree: Tree, cfg: VedConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(ranking score, tie-break score) [B, N, K] of every candidate leaf, -inf elsewhere."""
+  """(ranking score, tie-break score) [B, N, F] of every candidate leaf, -inf elsewhere."""
   log_prob = tree.cum_log_prob[..., None] + tree.child_log_prob
   if cfg.leaf_ranking == 'logprob':
     primary, secondary = log_prob, tree.child_value
@@ -194,9 +198,11 @@ def _rank_leaves(tree: Tree, cfg: VedConfig):
     pad = ((0, 0), (0, cfg.group_size - kept))
     best, order = jnp.pad(best, pad, constant_values=-jnp.inf), jnp.pad(order, pad)
   valid = best > -jnp.inf
-  num_codes, last = tree.child_log_prob.shape[-1], tree.num_levels - 1
-  prefix = tree.prefix[ved_tree.batch_rows(tree), order // num_codes]
-  cand = jnp.where(jnp.arange(tree.num_levels) == last, (order % num_codes)[..., None], prefix)
+  rows, num_slots, last = ved_tree.batch_rows(tree), tree.child_code.shape[-1], tree.num_levels - 1
+  node, child_slot = order // num_slots, order % num_slots
+  prefix = tree.prefix[rows, node]
+  cand = jnp.where(jnp.arange(tree.num_levels) == last, tree.child_code[rows, node, child_slot][..., None],
+                   prefix)
   return jnp.where(valid[..., None], cand, -1), valid, best
 
 

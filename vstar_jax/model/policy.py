@@ -39,30 +39,35 @@ def ved_policy(params, cfg: decoder.DecoderConfig, history):
 
   Both return (log_probs [B, M, K], V [B, M], Q [B, M, K], embedding), a decode.ved_tree.Expansion.
 
-  A tree node's embedding is its suffix KV cache, k and v [B, M, layers, L, H, Dh] (slot j
-  holds SEP for j = 0, else code j-1; slots past the node's depth are unused), so expanding
-  a child feeds ONE token on top of its parent's cache: the cost of a beam step.
+  A tree node's embedding is the keys and values of its own last token, k and v
+  [B, M, layers, H, Dh] (SEP for the root, else the node's code); expanding a child gathers
+  its parent's path [B, M, L, ...] into the suffix KV cache (slot j: the depth-j ancestor's
+  token) and feeds ONE token on top of it: the cost of a beam step, and a tree stores one
+  token's KV per node, not the whole suffix.
   """
   prompt = decoder.prefill(params, cfg, history)
   batch, num_levels = history.shape[0], cfg.num_levels
 
-  def expansion(out):
-    log_probs, value, q, k, v = out
-    cache = (jnp.moveaxis(k, 0, 2), jnp.moveaxis(v, 0, 2))   # [B, M, layers, L, H, Dh]
-    return log_probs, value, q, cache
+  def expansion(out, position):
+    log_probs, value, q, k, v = out                          # k, v [layers, B, M, L, H, Dh]
+    at = position[None, :, :, None, None, None]
+
+    def own(x):
+      return jnp.moveaxis(jnp.take_along_axis(x, at, axis=3)[:, :, :, 0], 0, 2)
+    return log_probs, value, q, (own(k), own(v))             # [B, M, layers, H, Dh]
 
   def root_fn():
     zero = jnp.zeros((batch, 1), jnp.int32)
     empty = jnp.zeros((cfg.num_layers, batch, 1, num_levels, cfg.num_heads, cfg.head_dim),
                       jnp.dtype(cfg.dtype))
     return expansion(decoder.node_forward(params, cfg, prompt, empty, empty, zero,
-                                          zero + layout.SEP, zero + num_levels))
+                                          zero + layout.SEP, zero + num_levels), zero)
 
-  def expand_fn(embedding, code, parent_depth):
-    k, v = (jnp.moveaxis(x, 2, 0) for x in embedding)        # [layers, B, M, L, H, Dh]
+  def expand_fn(path_states, code, parent_depth):
+    k, v = (jnp.moveaxis(x, 3, 0) for x in path_states)      # [layers, B, M, L, H, Dh]
     tokens = layout.code_tokens(cfg, code, parent_depth)
     return expansion(decoder.node_forward(params, cfg, prompt, k, v, parent_depth + 1, tokens,
-                                          parent_depth))
+                                          parent_depth), parent_depth + 1)
 
   return root_fn, expand_fn
 

@@ -30,6 +30,8 @@ class Trie:
     prefix: [N, L] int32, the codes of each node's prefix, -1 past its depth.
     leaf_items: [N, C] int32, item ids whose SID ends at this node, -1 padded
       (C = largest collision group; only depth-L nodes hold items).
+    child_codes: [N, F] int32, each node's valid next codes ascending, -1 padded (F = the
+      largest fan-out, often far below K: VED's child tables are [.., F], not [.., K]).
     num_levels: L, codes per SID.
     num_codes: K, codebook size per level.
   """
@@ -37,6 +39,7 @@ class Trie:
   depth: jnp.ndarray
   prefix: jnp.ndarray
   leaf_items: jnp.ndarray
+  child_codes: jnp.ndarray
   num_levels: int = flax.struct.field(pytree_node=False)
   num_codes: int = flax.struct.field(pytree_node=False)
 
@@ -84,8 +87,12 @@ def build_trie(item_codes: np.ndarray, num_codes: int) -> Trie:
   leaf_items = np.full((num_nodes, width), -1, np.int32)
   for node, items in groups.items():
     leaf_items[node, :len(items)] = items
+  fanout = max(int((children >= 0).sum(axis=1).max()), 1)
+  order = np.argsort(children < 0, axis=1, kind='stable')[:, :fanout]   # valid codes first
+  child_codes = np.where(np.take_along_axis(children, order, axis=1) >= 0, order,
+                         NO_NODE).astype(np.int32)
   return Trie(children=children, depth=depth, prefix=prefix, leaf_items=leaf_items,
-              num_levels=num_levels, num_codes=num_codes)
+              child_codes=child_codes, num_levels=num_levels, num_codes=num_codes)
 
 
 def valid_codes(trie: Trie, node: jnp.ndarray) -> jnp.ndarray:
