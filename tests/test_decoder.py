@@ -190,7 +190,9 @@ def test_node_forward_chain_equals_forward_train(setup):
     else:
       tokens = layout.code_tokens(cfg, codes[..., position - 1], position - 1)
       levels = at - 1
-    log_probs, values, q, k, v = node_forward(params, cfg, prompt, k, v, at, tokens, levels)
+    log_probs, values, q, new_k, new_v = node_forward(params, cfg, prompt, k, v, at, tokens,
+                                                      levels)
+    k, v = k.at[:, :, :, position].set(new_k), v.at[:, :, :, position].set(new_v)
     chex.assert_trees_all_close(log_probs, ref_lp[:, :, position], **TOL)
     chex.assert_trees_all_close(values, ref_v[:, :, position], **TOL)
     chex.assert_trees_all_close(q, ref_q[:, :, position], **TOL)

@@ -188,7 +188,7 @@ def node_forward(params, cfg: DecoderConfig, prompt_cache: attention.PromptCache
     position: [B, W] int32 suffix index of the new token; tokens, levels: [B, W] int32.
 
   Returns:
-    (log_probs [B, W, K], V [B, W], Q [B, W, K], k, v [num_layers, B, W, S, H, Dh]).
+    (log_probs [B, W, K], V [B, W], Q [B, W, K], the new token's k, v [num_layers, B, W, H, Dh]).
   """
   return _apply(params, cfg, transformer.Decoder.node, prompt_cache, past_k, past_v, position,
                 tokens, levels)

@@ -48,26 +48,22 @@ def ved_policy(params, cfg: decoder.DecoderConfig, history):
   prompt = decoder.prefill(params, cfg, history)
   batch, num_levels = history.shape[0], cfg.num_levels
 
-  def expansion(out, position):
-    log_probs, value, q, k, v = out                          # k, v [layers, B, M, L, H, Dh]
-    at = position[None, :, :, None, None, None]
-
-    def own(x):
-      return jnp.moveaxis(jnp.take_along_axis(x, at, axis=3)[:, :, :, 0], 0, 2)
-    return log_probs, value, q, (own(k), own(v))             # [B, M, layers, H, Dh]
+  def expansion(out):
+    log_probs, value, q, k, v = out                          # k, v [layers, B, M, H, Dh]
+    return log_probs, value, q, (jnp.moveaxis(k, 0, 2), jnp.moveaxis(v, 0, 2))
 
   def root_fn():
     zero = jnp.zeros((batch, 1), jnp.int32)
     empty = jnp.zeros((cfg.num_layers, batch, 1, num_levels, cfg.num_heads, cfg.head_dim),
                       jnp.dtype(cfg.dtype))
     return expansion(decoder.node_forward(params, cfg, prompt, empty, empty, zero,
-                                          zero + layout.SEP, zero + num_levels), zero)
+                                          zero + layout.SEP, zero + num_levels))
 
   def expand_fn(path_states, code, parent_depth):
     k, v = (jnp.moveaxis(x, 3, 0) for x in path_states)      # [layers, B, M, L, H, Dh]
     tokens = layout.code_tokens(cfg, code, parent_depth)
     return expansion(decoder.node_forward(params, cfg, prompt, k, v, parent_depth + 1, tokens,
-                                          parent_depth), parent_depth + 1)
+                                          parent_depth))
 
   return root_fn, expand_fn
 

@@ -185,8 +185,8 @@ class Decoder(nn.Module):
       tokens: [B, W] int32 the new tokens; levels: [B, W] int32 their SID-level ids.
 
     Returns:
-      log-probs [B, W, K] of the level-`position` code, V [B, W], Q [B, W, K], and the
-      keys/values [num_layers, B, W, S, H, Dh] with slot `position` written.
+      log-probs [B, W, K] of the level-`position` code, V [B, W], Q [B, W, K], and the new
+      token's keys/values [num_layers, B, W, H, Dh] (what a tree node stores).
     """
     cfg = self.cfg
     slots = jnp.arange(past_k.shape[3])
@@ -195,16 +195,16 @@ class Decoder(nn.Module):
     x = self._embed(tokens, levels, jnp.zeros_like(levels), deterministic=True)
     beams = tokens.shape
     x = x.reshape(-1, x.shape[-1])
-    all_k, all_v = [], []
+    new_k, new_v = [], []
     for i, block in enumerate(self.blocks):
       k, v = block.keys_values(x)
       k, v = k.reshape(beams + (1,) + k.shape[-2:]), v.reshape(beams + (1,) + v.shape[-2:])
-      all_k.append(jnp.where(write, k, past_k[i]))
-      all_v.append(jnp.where(write, v, past_v[i]))
+      new_k.append(k[:, :, 0])
+      new_v.append(v[:, :, 0])
       attended = attention.shared_prompt_attention(
-          block.queries(x).reshape(k.shape), prompt.k[i], prompt.v[i], prompt.mask, all_k[i],
-          all_v[i], mask)
+          block.queries(x).reshape(k.shape), prompt.k[i], prompt.v[i], prompt.mask,
+          jnp.where(write, k, past_k[i]), jnp.where(write, v, past_v[i]), mask)
       x = block.update(x, attended.reshape(x.shape[:1] + k.shape[-2:]), deterministic=True)
     level = jnp.minimum(position, cfg.num_levels - 1)
     log_probs, value, q = self._outputs(x.reshape(beams + x.shape[-1:]), level)
-    return log_probs, value, q, jnp.stack(all_k), jnp.stack(all_v)
+    return log_probs, value, q, jnp.stack(new_k), jnp.stack(new_v)
