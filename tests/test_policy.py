@@ -6,8 +6,11 @@ import numpy as np
 
 import decoder_fixture
 from vstar_jax.data import synthetic
+from vstar_jax.decode import search
+from vstar_jax.decode import ved as ved_lib
 from vstar_jax.model import decoder
 from vstar_jax.model import policy
+from vstar_jax.sid import trie as trie_lib
 
 CFG = decoder.DecoderConfig(num_levels=3, num_codes=8, max_history=10, num_layers=1, d_model=32,
                             num_heads=2, d_ff=64, dropout=0.0, item_hash_buckets=64)
@@ -58,3 +61,28 @@ def test_ved_policy_expansions_equal_the_prefix_pass():
     out = expand_fn(path_states, codes[..., depth - 1], np.full((3, 4), depth - 1, np.int32))
     check(out, codes, depth)
     path.append(out[3])
+
+
+def test_ved_search_on_the_decoder_scores_leaves_as_teacher_forcing_and_m1_is_beam():
+  """End to end through the per-node KV path: VED's leaf log-probs equal teacher-forced sums,
+  its m = 1 search equals beam search of width w, and the tree is dropped unless asked."""
+  data = synthetic.make_dataset(num_items=120, num_users=150, num_codes=8, seq_len=8)
+  params = decoder_fixture.random_params(CFG)
+  trie = trie_lib.build_trie(data.item_codes, 8)
+  history = data.history_codes('train')[:4]
+  keys = search.user_keys(jax.random.key(0), jnp.arange(4))
+  vcfg = ved_lib.VedConfig(width=3, multiplier=3, selection='lookahead', per_step=4, group_size=6)
+  out = search.ved_search(params, CFG, trie, history, keys, vcfg)
+  kept = search.ved_search(params, CFG, trie, history, keys, vcfg, keep_tree=True)
+  assert out.tree is None and kept.tree is not None
+  np.testing.assert_array_equal(out.candidates, kept.candidates)
+  assert (out.num_forwards == ved_lib.budget(vcfg, 3)).all()
+  logp, _, _ = policy.candidate_log_probs(
+      params, {'history': history, 'cand': out.candidates, 'valid': out.valid}, cfg=CFG)
+  np.testing.assert_allclose(np.where(out.valid, out.scores, 0), np.sum(logp, -1), rtol=1e-4,
+                             atol=1e-4)
+  m1 = ved_lib.VedConfig(width=3, multiplier=1, lam=0.0, beta=0.0, group_size=3)
+  codes, scores = search.beam_search(params, CFG, trie, history, 3)
+  ved_m1 = search.ved_search(params, CFG, trie, history, keys, m1)
+  np.testing.assert_array_equal(ved_m1.candidates, codes)
+  np.testing.assert_allclose(ved_m1.scores, scores, rtol=1e-5, atol=1e-5)

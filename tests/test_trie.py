@@ -28,6 +28,17 @@ def test_valid_codes_match_brute_force_prefix_sets(num_levels):
   assert trie.num_nodes == len(prefixes)
 
 
+def test_child_codes_list_each_nodes_valid_codes_ascending():
+  codes = _random_codes(seed=3, num_items=12, num_codes=9)
+  trie = trie_lib.build_trie(codes, 9)
+  fanout = (trie.children >= 0).sum(axis=1)
+  assert trie.child_codes.shape == (trie.num_nodes, fanout.max()) and fanout.max() < 9
+  for node in range(trie.num_nodes):
+    listed = trie.child_codes[node][trie.child_codes[node] >= 0].tolist()
+    assert listed == np.flatnonzero(trie.children[node] >= 0).tolist()
+    assert (trie.child_codes[node][len(listed):] == trie_lib.NO_NODE).all()
+
+
 @pytest.mark.parametrize('jit', [False, True])
 def test_lookup_and_validity_every_sid(jit):
   codes = _random_codes(seed=1)
