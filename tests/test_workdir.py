@@ -47,12 +47,15 @@ def test_recorded_config_restores_onto_todays_defaults(tmp_path):
 def test_resolve_takes_the_model_from_the_record_and_the_rest_from_the_command(tmp_path):
   trained = default_config.base_config()
   trained.model.d_model, trained.seed, trained.data_dir = 64, 3, '/data/at/training'
+  trained.rl.lr, trained.rl.ved.selection = 3e-5, 'ucb'
   workdir.record_training(tmp_path, trained)
   command = default_config.base_config()
   command.mode, command.eval.num_beams, command.rl.distributed = 'eval', 20, True
+  command.rl.ved.selection = 'best_first'       # a decoding choice: the command's
   resolved = workdir.resolve_config(command, tmp_path)
   assert (resolved.model.d_model, resolved.seed, resolved.data_dir) == (64, 3, '/data/at/training')
   assert (resolved.mode, resolved.eval.num_beams, resolved.rl.distributed) == ('eval', 20, True)
+  assert (resolved.rl.lr, resolved.rl.ved.selection) == (3e-5, 'best_first')
   assert command.model.d_model == 128  # the command's config is not modified
   command.data_dir = '/data/moved'
   assert workdir.resolve_config(command, tmp_path).data_dir == '/data/moved'

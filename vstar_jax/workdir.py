@@ -32,7 +32,9 @@ TRAINING_MODES = ('sid', 'sft', 'rl', 'all')
 READ_ONLY_MODES = ('eval', 'recommend')
 # What the trained model depends on: eval and recommend take these from the training record.
 RECORDED = ('dataset', 'seed', 'data', 'synthetic', 'sid', 'model', 'sft', 'rl')
-FROM_COMMAND = ('rl.distributed',)  # how this process is launched, not how the model was trained
+# How this process is launched and how it decodes, not how the model was trained: the VED
+# settings of `--config.eval.decoder=ved` and of the Recommender are the command's.
+FROM_COMMAND = ('rl.distributed', 'rl.ved')
 
 
 class WorkdirError(ValueError):
