@@ -293,16 +293,24 @@ def test_large_budget_best_first_finds_the_exact_top_leaves():
     assert out.candidates[user].tolist() == best
 
 
-def test_lookahead_without_its_estimate_is_best_first():
-  cfg = ved_lib.VedConfig(width=3, multiplier=4, selection='best_first', group_size=10)
-  a = run(cfg, WIDE)
-  b = run(ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', lookahead_weight=0.0,
-                            group_size=10), WIDE)
-  np.testing.assert_array_equal(a.tree.prefix, b.tree.prefix)
-  np.testing.assert_array_equal(a.candidates, b.candidates)
-  c = run(ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', lookahead_weight=1.0,
-                            group_size=10), WIDE)
-  assert not np.array_equal(a.tree.prefix, c.tree.prefix)    # the estimate changes the order
+def test_lookahead_scores_are_best_first_plus_the_estimate_still_to_come():
+  out = run(CONFIGS[0], WIDE)
+  tree = jax.tree.map(jnp.asarray, out.tree)
+  eligible = tree.eligible()
+  plain = np.asarray(selection.best_first(tree, eligible, None, CONFIGS[0]))
+  zero = ved_lib.VedConfig(selection='lookahead', lookahead_weight=0.0)
+  np.testing.assert_array_equal(np.asarray(selection.lookahead(tree, eligible, None, zero)), plain)
+  one = ved_lib.VedConfig(selection='lookahead', lookahead_weight=1.0)
+  scores = np.asarray(selection.lookahead(tree, eligible, None, one))
+  for user in range(BATCH):
+    nodes = np.flatnonzero(out.tree.exists[user])
+    best = out.tree.child_log_prob[user].max(axis=-1)
+    drops = [best[nodes][out.tree.depth[user][nodes] == d].mean() for d in range(L)]
+    for node in nodes:
+      depth = out.tree.depth[user, node]
+      finite = np.isfinite(plain[user, node])
+      np.testing.assert_allclose(scores[user, node][finite] - plain[user, node][finite],
+                                 sum(drops[depth + 1:]), rtol=1e-5, atol=1e-5)
 
 
 def test_fixed_key_is_deterministic_and_the_jit_cache_does_not_grow():

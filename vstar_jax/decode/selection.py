@@ -1,6 +1,6 @@
 """VED selection rules: which (node, code) pairs to expand next (paper Sec. 4.2, Eq. 11-14).
 
-A rule is a pure function `rule(tree, eligible [B, N, K], keys [B], cfg) -> scores [B, N, K]`
+A rule is a pure function `rule(tree, eligible [B, N, F], keys [B], cfg) -> scores [B, N, F]`
 (higher is expanded first); the kernel (decode.ved) masks ineligible pairs and expands the
 top k per user, so a new rule is one function and one RULES entry, never a kernel edit.
 For a pair (s, c) of an expanded node s and a valid, not yet expanded code c, the rules see
@@ -22,7 +22,7 @@ GATE_PENALTY = 1e4
 
 def per_depth_zscore(x: jnp.ndarray, mask: jnp.ndarray, depth: jnp.ndarray,
                      num_levels: int) -> jnp.ndarray:
-  """x [B, N, K] standardised over the masked pairs of each (user, parent depth): one scale.
+  """x [B, N, F] standardised over the masked pairs of each (user, parent depth): one scale.
 
   Values of prefixes of different depths live on different scales (a depth-1 prefix
   averages over many more items than a depth-2 one); the paper compares priorities across
@@ -50,14 +50,14 @@ def gate(tree) -> jnp.ndarray:
 
 
 def prior_sample_tie_break(tree, keys: jnp.ndarray) -> jnp.ndarray:
-  """[B, N, K] small Gumbel-perturbed log pi(c | s): among a parent's children it draws the new
+  """[B, N, F] small Gumbel-perturbed log pi(c | s): among a parent's children it draws the new
   child from the policy (the paper samples it), without reordering distinct parents."""
   noise = jax.vmap(lambda key: jax.random.gumbel(key, tree.child_log_prob.shape[1:]))(keys)
   return _TIE_BREAK * jnp.where(tree.child_log_prob > -jnp.inf, tree.child_log_prob + noise, 0.0)
 
 
 def child_priority(tree, lam: float) -> jnp.ndarray:
-  """[B, N, K] G of each would-be child s.c before its forward: Q(s, c) + lambda * H(s) (Eq. 11)."""
+  """[B, N, F] G of each would-be child s.c before its forward: Q(s, c) + lambda * H(s) (Eq. 11)."""
   return tree.child_value + lam * tree.entropy[..., None]
 
 
