@@ -108,13 +108,12 @@ def lookahead(tree, eligible, keys, cfg) -> jnp.ndarray:
   only fall with depth) and spends forwards on depth-1 prefixes whose leaves never make the
   top G; weight 1 takes the estimate at face value (it is optimistic: the mean best step)."""
   del eligible, keys
-  num_levels = tree.prefix.shape[-1]
-  drops = cfg.lookahead_weight * depth_drops(tree)                                                     # [B, L]
+  drops = cfg.lookahead_weight * depth_drops(tree)                              # [B, L]
   to_come = jnp.flip(jnp.cumsum(jnp.flip(drops, -1), -1), -1)                   # [B, L]
   to_come = jnp.concatenate([to_come[:, 1:], jnp.zeros_like(to_come[:, :1])], -1)
   # to_come[b, d] = sum_{e > d} drops[b, e]: a child of a depth-d node sits at depth d+1 and
   # still needs the steps below it, depth d+1 .. L-1.
-  below = jnp.take_along_axis(to_come, jnp.minimum(tree.depth, num_levels - 1), axis=1)
+  below = jnp.take_along_axis(to_come, tree.depth, axis=1)                      # [B, N]
   return tree.cum_log_prob[..., None] + tree.child_log_prob + below[..., None]
 
 

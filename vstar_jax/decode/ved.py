@@ -1,9 +1,10 @@
 """Value-Guided Efficient Decoding (VED, paper Sec. 4.2, Eq. 10-14): a batched tree search.
 
 One tree per user, stored mctx-style as arrays with a leading batch axis ([B, N] node
-fields, [B, N, F] child tables, F the trie's largest fan-out) sized statically by the forward budget; every step is a
-masked gather / scatter / top_k, so the whole search is one jitted program whatever the
-data, and all users of a shard are searched together (no vmap of one-user trees).
+fields, [B, N, F] child tables, F the trie's largest fan-out) sized statically by the
+forward budget; every step is a masked gather / scatter / top_k, so the whole search is one
+jitted program whatever the data, and all users of a shard are searched together (no vmap
+of one-user trees).
 
 Accounting (Eq. 10; docs/method.md, "VED"): a node is an *expanded* prefix s at depth
 d < L. Its one backbone forward yields the policy over all of s's trie-valid next codes
@@ -145,20 +146,19 @@ def _search(tree: Tree, trie: trie_lib.Trie, expand_fn: ved_tree.ExpandFn, keys:
   """Stages 2-4: score eligible pairs, expand the top k per user in one forward, back up.
 
   The ceil((budget - base) / k) iterations are unrolled (a static count): XLA then fuses
-  across iterations, 1.5-2x faster on CPU than a while_loop. The last one expands only the
-  (budget - base) mod k pairs left, so no forward is computed past the budget; iterations
-  after the eligible pairs run out are fully masked (no forward is counted).
+  across iterations, 1.5-2x faster on CPU than a while_loop. The steps' widths sum to
+  budget - base (the last one expands the (budget - base) mod k pairs left) and stage 1
+  spends at most base, so no forward is ever computed past the budget; pairs past the
+  eligible ones are masked (no forward is counted).
   """
-  total, k = budget(cfg, trie.num_levels), cfg.expansions_per_step
-  left_after_stage1 = total - base_budget(trie.num_levels, cfg.width)
+  k = cfg.expansions_per_step
+  left_after_stage1 = budget(cfg, trie.num_levels) - base_budget(trie.num_levels, cfg.width)
   for step in range(-(-left_after_stage1 // k)):
-    width = min(k, left_after_stage1 - step * k)
+    pairs = min(k, left_after_stage1 - step * k)
     eligible = tree.eligible()
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
     scores = select_fn(tree, eligible, step_keys, cfg)
-    parents, child_slots, real = ved_tree.top_pairs(scores, eligible, width)
-    left = total - tree.num_forwards
-    real = real & (jnp.arange(width)[None, :] < left[:, None])
+    parents, child_slots, real = ved_tree.top_pairs(scores, eligible, pairs)
     tree = ved_tree.expand(tree, trie, expand_fn, parents, child_slots, real, cfg.lam)
   return tree
 
@@ -198,11 +198,11 @@ def _rank_leaves(tree: Tree, cfg: VedConfig):
     pad = ((0, 0), (0, cfg.group_size - kept))
     best, order = jnp.pad(best, pad, constant_values=-jnp.inf), jnp.pad(order, pad)
   valid = best > -jnp.inf
-  rows, num_slots, last = ved_tree.batch_rows(tree), tree.child_code.shape[-1], tree.num_levels - 1
+  rows, num_slots = ved_tree.batch_rows(tree), tree.child_code.shape[-1]
   node, child_slot = order // num_slots, order % num_slots
-  prefix = tree.prefix[rows, node]
-  cand = jnp.where(jnp.arange(tree.num_levels) == last, tree.child_code[rows, node, child_slot][..., None],
-                   prefix)
+  last_code = tree.child_code[rows, node, child_slot]                          # [B, G]
+  is_last = jnp.arange(tree.num_levels) == tree.num_levels - 1
+  cand = jnp.where(is_last, last_code[..., None], tree.prefix[rows, node])
   return jnp.where(valid[..., None], cand, -1), valid, best
 
 

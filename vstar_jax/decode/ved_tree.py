@@ -126,9 +126,8 @@ def record(tree: Tree, trie: trie_lib.Trie, slots: jnp.ndarray, out: Expansion, 
   slots = jnp.where(mask, slots, num_nodes)  # num_nodes: out of range, dropped by every scatter
   codes = trie.child_codes[jnp.maximum(tree.trie_node[rows, jnp.minimum(slots, num_nodes - 1)],
                                        0)]                                      # [B, M, F]
-  valid = codes >= 0
-  log_probs = jnp.where(valid, jnp.take_along_axis(out.log_probs, jnp.maximum(codes, 0), -1),
-                        -jnp.inf)
+  valid, safe_codes = codes >= 0, jnp.maximum(codes, 0)
+  log_probs = jnp.where(valid, jnp.take_along_axis(out.log_probs, safe_codes, -1), -jnp.inf)
   entropy = restricted_entropy(log_probs, valid)
 
   def put(field, new):
@@ -139,7 +138,7 @@ def record(tree: Tree, trie: trie_lib.Trie, slots: jnp.ndarray, out: Expansion, 
       priority=put(tree.priority, out.value + lam * entropy),
       child_code=put(tree.child_code, codes), child_log_prob=put(tree.child_log_prob, log_probs),
       child_value=put(tree.child_value,
-                      jnp.take_along_axis(out.child_values, jnp.maximum(codes, 0), -1)),
+                      jnp.take_along_axis(out.child_values, safe_codes, -1)),
       embedding=jax.tree.map(put, tree.embedding, out.embedding),
       num_forwards=tree.num_forwards + jnp.sum(mask, axis=1, dtype=jnp.int32))
 
@@ -189,13 +188,13 @@ def backup(tree: Tree, slots: jnp.ndarray) -> Tree:
 def top_pairs(scores: jnp.ndarray, mask: jnp.ndarray, k: int):
   """The k best masked (node, child slot) pairs of scores [B, N, F]: (nodes, child slots, real)
   each [B, k]."""
-  batch, num_nodes, num_codes = scores.shape
+  batch, num_nodes, num_slots = scores.shape
   flat = jnp.where(mask, scores, -jnp.inf).reshape(batch, -1)
   kept = min(k, flat.shape[1])
   best, index = jax.lax.top_k(flat, kept)
   pad = ((0, 0), (0, k - kept))
   best, index = jnp.pad(best, pad, constant_values=-jnp.inf), jnp.pad(index, pad)
-  return index // num_codes, index % num_codes, best > -jnp.inf
+  return index // num_slots, index % num_slots, best > -jnp.inf
 
 
 def empty(root: Expansion, trie: trie_lib.Trie, num_nodes: int) -> Tree:
