@@ -1,5 +1,7 @@
 """Tests for vstar_jax.model.policy: candidate scoring equals teacher forcing."""
 
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +83,12 @@ def test_ved_search_on_the_decoder_scores_leaves_as_teacher_forcing_and_m1_is_be
       params, {'history': history, 'cand': out.candidates, 'valid': out.valid}, cfg=CFG)
   np.testing.assert_allclose(np.where(out.valid, out.scores, 0), np.sum(logp, -1), rtol=1e-4,
                              atol=1e-4)
+  search.ved_search.clear_cache()
+  with mock.patch.object(ved_lib, 'MAX_UNROLLED_STEPS', 1):        # stage 2 as a lax.scan
+    scanned = search.ved_search(params, CFG, trie, history, keys, vcfg)
+  np.testing.assert_array_equal(scanned.candidates, out.candidates)
+  np.testing.assert_allclose(scanned.scores, out.scores, rtol=1e-5, atol=1e-5)
+  search.ved_search.clear_cache()
   m1 = ved_lib.VedConfig(width=3, multiplier=1, lam=0.0, beta=0.0, group_size=3)
   codes, scores = search.beam_search(params, CFG, trie, history, 3)
   ved_m1 = search.ved_search(params, CFG, trie, history, keys, m1)
