@@ -20,6 +20,16 @@ def test_bad_values_name_the_flag(flag, value, match):
     settings_lib.validate_config(r)
 
 
+def test_target_injection_needs_a_logged_target():
+  r = default_config.rl_config()
+  r.inject_target, r.reward = True, 'preference'
+  with pytest.raises(default_config.ConfigError, match=r'--config.rl.inject_target: .*target'):
+    settings_lib.validate_config(r)
+  r.reward = 'ranking'
+  settings_lib.validate_config(r)
+  assert settings_lib.RlSettings.from_config(r).inject_target
+
+
 def test_ved_settings_are_checked_by_the_ved_config():
   r = default_config.rl_config()
   r.ved.multiplier = 0.5

@@ -72,6 +72,9 @@ def rl_config() -> ml_collections.ConfigDict:
   c.ved.lookahead_weight = 0.5  # 'lookahead' rule: weight of the log-prob still to come
   # Reward (a name of rl.rewards.REWARDS) and advantages.
   c.reward = 'ranking'         # 'ranking' | 'rule' | 'prefix' | 'ranking+prefix' (MiniOneRec: ranking)
+  # True: a group missing the logged target gets it in its last slot (rl.rollouts.inject_target;
+  # off-policy guidance, not in the paper: held-out users' groups rarely hold a hit).
+  c.inject_target = False
   c.w_sib = 1.0                # sibling loss weight (0: plain GRPO)
   c.alpha = -1.0               # -1: off; in [0, 1]: per-token alpha*group + (1-alpha)*sibling
   c.prefix_weights = (0.3, 0.5, 1.0)  # w_l of the dense prefix reward (paper Sec. 3.3)

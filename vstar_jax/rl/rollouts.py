@@ -18,6 +18,7 @@ from typing import Callable
 import jax.numpy as jnp
 
 from vstar_jax.decode import search
+from vstar_jax.rl import rewards
 
 
 user_keys = search.user_keys  # per-user keys from the users' positions in the global batch
@@ -37,6 +38,27 @@ def ved_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dic
   out = search.ved_search(params, cfg, trie, history, user_keys(key, user_index), settings.ved)
   return {'cand': out.candidates, 'valid': out.valid, 'rank_score': out.scores,
           'forwards': out.num_forwards}
+
+
+def inject_target(ro: dict, target: jnp.ndarray) -> dict:
+  """Target injection (off-policy guidance; docs/method.md, "Target injection"; not in the paper).
+
+  A group that misses the logged target gets it in its last (lowest-ranked) slot, so every
+  group carries a hit to rank against: on held-out users ~86% of groups have none, and a
+  group without a hit has zero advantage under the ranking reward. The slot keeps its rank
+  score (the target ranks last; -inf for an empty VED slot, also last). Adds `injected`
+  [B] bool; groups that already hold the target are unchanged.
+
+  Args:
+    ro: a rollout (cand [B, G, L], valid [B, G], rank_score [B, G], forwards [B]).
+    target: [B, L] int32 target SIDs.
+  """
+  cand, valid = ro['cand'], ro['valid']
+  missed = ~jnp.any(rewards.prefix_match(cand, target)[..., -1] & valid, axis=-1)      # [B]
+  last_slot = jnp.arange(cand.shape[1]) == cand.shape[1] - 1                          # [G]
+  replace = missed[:, None] & last_slot[None, :]                                      # [B, G]
+  return dict(ro, cand=jnp.where(replace[..., None], target[:, None, :], cand),
+              valid=valid | replace, injected=missed)
 
 
 RolloutFn = Callable[..., dict]

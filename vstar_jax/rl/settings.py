@@ -40,6 +40,8 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
     bad('value_pretrain_steps', f'must be >= 0, got {r.value_pretrain_steps}')
   if len(r.prefix_weights) < 1:
     bad('prefix_weights', 'needs one weight per SID level')
+  if r.inject_target and r.reward == 'preference':
+    bad('inject_target', "needs a logged target; reward 'preference' has none")
   if r.value_targets not in ('prefix', 'reward'):
     bad('value_targets', f"{r.value_targets!r} is not 'prefix' or 'reward'")
   ved_config(r)
@@ -68,6 +70,7 @@ class RlSettings:
   group_size: int
   ved: ved_lib.VedConfig
   reward: str
+  inject_target: bool
   w_sib: float
   alpha: float
   loss: loss_lib.LossConfig
@@ -86,7 +89,7 @@ class RlSettings:
     total = (steps or r.steps) * r.updates_per_rollout
     return cls(
         rollout=r.rollout, group_size=r.group_size, ved=ved_config(r),
-        reward=r.reward, w_sib=r.w_sib, alpha=r.alpha,
+        reward=r.reward, inject_target=r.inject_target, w_sib=r.w_sib, alpha=r.alpha,
         loss=loss_lib.LossConfig(clip_eps=r.clip_eps, w_sib=r.w_sib, kl_beta=r.kl_beta,
                                  w_value=r.w_value),
         targets=rewards.ValueTargetConfig(weights=tuple(r.prefix_weights), gamma=r.gamma,

@@ -98,9 +98,10 @@ def score_rollout(ro: dict, batch: dict, old_values: jnp.ndarray, trie: trie_lib
 def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> dict:
   """Global rollout statistics (shard sums over global counts, psum-ed when sharded).
 
-  Besides rewards, hits and diversity: how much signal the groups carry, the share of groups
-  whose GRPO advantages are not all zero and, per level l, the share of valid candidates whose
-  level-l token has a non-zero sibling advantage (computed whatever w_sib, as a diagnostic).
+  Besides rewards, the policy's own hits (injected targets excluded), the share of injected
+  groups and diversity: how much signal the groups carry, the share of groups whose GRPO
+  advantages are not all zero and, per level l, the share of valid candidates whose level-l
+  token has a non-zero sibling advantage (computed whatever w_sib, as a diagnostic).
   """
   cand, valid, reward = ro['cand'], ro['valid'], scored['reward']
   users = jnp.ones(valid.shape[:1], bool)
@@ -108,6 +109,7 @@ def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> d
   mean = jnp.sum(reward * valid, -1) / count
   group_std = jnp.sqrt(jnp.sum(valid * (reward - mean[:, None]) ** 2, -1) / count)
   hit = jnp.any(rewards.prefix_match(cand, target)[..., -1] & valid, -1)
+  injected = ro.get('injected', jnp.zeros_like(hit))
   index = jnp.arange(cand.shape[1])
   same_l1 = cand[:, :, None, 0] == cand[:, None, :, 0]
   first_l1 = valid & ~jnp.any(same_l1 & valid[:, None, :] & (index[None, :] < index[:, None]), -1)
@@ -115,7 +117,8 @@ def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> d
   out = {
       'reward_mean': mean_of(reward, valid),
       'reward_group_std': mean_of(group_std, users),
-      'rollout_hit': mean_of(hit, users),
+      'rollout_hit': mean_of(hit & ~injected, users),            # the policy's own hits
+      'target_injected': mean_of(injected, users),
       'distinct_l1': mean_of(jnp.sum(first_l1, -1), users),
       'num_valid': mean_of(jnp.sum(valid, -1), users),
       'forwards_per_user': mean_of(ro['forwards'], users),
@@ -136,6 +139,8 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
   state, key = state_lib.split_rng(state)
   ro = rollouts.ROLLOUTS[settings.rollout](state.params, trie, batch['history'],
                                            batch['user_index'], key, cfg=cfg, settings=settings)
+  if settings.inject_target:
+    ro = rollouts.inject_target(ro, batch['target'])
   fwd = {'history': batch['history'], 'cand': ro['cand'], 'valid': ro['valid']}
   old_logp, old_values, _ = policy_fn(state.params, fwd)
   scored = score_rollout(ro, batch, old_values, trie, item_emb, settings)
