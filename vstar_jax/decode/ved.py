@@ -135,7 +135,7 @@ def _stage1(tree: Tree, trie: trie_lib.Trie, expand_fn: ved_tree.ExpandFn,
     mask = alive[..., None] & (scores > -jnp.inf)
     index, child_slots, real = ved_tree.top_pairs(scores, mask, cfg.width)
     parents = jnp.take_along_axis(frontier, index, axis=1)
-    slots = tree.num_forwards[:, None] + jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1
+    slots = ved_tree.new_slots(tree, real)
     tree = ved_tree.expand(tree, trie, expand_fn, parents, child_slots, real, cfg.lam)
     frontier, alive = jnp.where(real, slots, 0), real
   return tree

@@ -143,12 +143,17 @@ def record(tree: Tree, trie: trie_lib.Trie, slots: jnp.ndarray, out: Expansion, 
       num_forwards=tree.num_forwards + jnp.sum(mask, axis=1, dtype=jnp.int32))
 
 
+def new_slots(tree: Tree, mask: jnp.ndarray) -> jnp.ndarray:
+  """Node slots [B, M] that expanding the pairs `mask` [B, M] fills (N, out of range, where not)."""
+  slots = tree.num_forwards[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
+  return jnp.where(mask, slots, tree.exists.shape[1])
+
+
 def expand(tree: Tree, trie: trie_lib.Trie, expand_fn: ExpandFn, parents: jnp.ndarray,
             child_slots: jnp.ndarray, mask: jnp.ndarray, lam: float) -> Tree:
   """Expands child slot `child_slots` of `parents` ([B, M]) where `mask`: one forward each."""
   rows, num_nodes = batch_rows(tree), tree.exists.shape[1]
-  slots = tree.num_forwards[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
-  slots = jnp.where(mask, slots, num_nodes)
+  slots = new_slots(tree, mask)
   parents = jnp.where(mask, parents, 0)
   codes = tree.child_code[rows, parents, child_slots]
   depth = tree.depth[rows, parents] + 1
