@@ -36,7 +36,8 @@ from vstar_jax.eval import significance
 KS = (3, 5, 10)
 METRICS = tuple(f'{m}@{k}' for k in KS for m in ('HR', 'NDCG'))
 # Summarized too when every run of a row has them (diversity and RL cost, for ablation tables).
-OPTIONAL = ('distinct_L1@10', 'coverage@10', 'rl_wall_s')
+OPTIONAL = ('distinct_L1@10', 'coverage@10', 'rl_wall_s', 'valid_NDCG@10_best',
+            'valid_NDCG@10_last')
 _KNOB = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*')
 _UNSAFE_IN_PATH = re.compile(r'[^\w.=+,-]')
 _OPEN, _CLOSE = '([{', ')]}'
@@ -178,6 +179,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def valid_curve_stats(workdir: pathlib.Path, stage: str) -> dict:
+  """Best and last valid NDCG@10 the run logged while training `stage` (rl_final: rl), from
+  metrics.jsonl: what a sweep chooses by, since test is read once per reported run."""
+  path, trained = workdir / 'metrics.jsonl', stage.split('_')[0]
+  if not path.is_file():
+    return {}
+  curve = [row['valid_NDCG@10'] for row in map(json.loads, path.read_text().splitlines())
+           if row.get('stage') == trained and 'valid_NDCG@10' in row]
+  return {'valid_NDCG@10_best': max(curve), 'valid_NDCG@10_last': curve[-1]} if curve else {}
+
+
 def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str]) -> dict:
   """Mean ± std over seeds of HR@K / NDCG@K per (stage, knob setting); lists missing files."""
   groups = {}
@@ -192,7 +204,8 @@ def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str
         if not path.is_file():
           missing.append(str(path))
           continue
-        found[run.seed] = json.loads(path.read_text())
+        found[run.seed] = {**json.loads(path.read_text()),
+                           **valid_curve_stats(sweep_dir / run.name, stage)}
         absent = [m for m in METRICS if m not in found[run.seed]]
         if absent:
           raise ValueError(f'{path}: no {absent} (design §8 metrics.json contract)')
@@ -241,7 +254,8 @@ def _cell(row: dict, metric: str) -> str:
   lacks it."""
   if metric not in row['mean']:
     return '–'
-  digits = 4 if metric in METRICS else 1 if metric.endswith('_s') else 2
+  digits = 4 if metric in METRICS or metric.startswith('valid_') else (
+      1 if metric.endswith('_s') else 2)
   return f"{row['mean'][metric]:.{digits}f} ± {row['std'][metric]:.{digits}f}"
 
 

@@ -384,6 +384,18 @@ def test_summarize_adds_diversity_and_wall_time_columns_when_runs_have_them(tmp_
   assert table[2].endswith('| 3.50 ± 0.71 | 600.0 ± 0.0 |') and table[3].endswith('| – | – |')
 
 
+def test_summarize_reads_the_valid_curve_of_the_trained_stage(tmp_path):
+  run = sweep.Run(0, ())
+  _write_metrics(tmp_path, run, 'rl_final', 0.1)
+  log = [{'stage': 'sft', 'step': 9, 'valid_NDCG@10': 0.9}, {'stage': 'rl', 'step': 0, 'loss': 1.0}]
+  log += [{'stage': 'rl', 'step': s, 'valid_NDCG@10': v} for s, v in ((0, 0.08), (5, 0.09), (9, 0.07))]
+  (tmp_path / run.name / 'metrics.jsonl').write_text('\n'.join(map(json.dumps, log)) + '\n')
+  row, = sweep.summarize(tmp_path, [run], ['rl_final'])['rows']
+  assert (row['mean']['valid_NDCG@10_best'], row['mean']['valid_NDCG@10_last']) == (0.09, 0.07)
+  assert sweep.to_markdown(sweep.summarize(tmp_path, [run], ['rl_final'])).splitlines()[2].endswith(
+      '| 0.0900 ± 0.0000 | 0.0700 ± 0.0000 |')
+
+
 def test_summarize_rejects_metrics_without_the_contract_keys(tmp_path):
   run = sweep.Run(0, ())
   path = tmp_path / run.name / 'eval' / 'rl_test' / 'metrics.json'
