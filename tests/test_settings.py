@@ -7,7 +7,7 @@ from vstar_jax.rl import settings as settings_lib
 
 
 @pytest.mark.parametrize('flag,value,match', [
-    ('rollout', 'sample', r'--config.rl.rollout: .*not one of'),
+    ('rollout', 'top_p', r'--config.rl.rollout: .*not one of'),
     ('reward', 'hits', r'--config.rl.reward: .*not one of'),
     ('alpha', 1.5, r'--config.rl.alpha'),
     ('group_size', 1, r'--config.rl.group_size'),

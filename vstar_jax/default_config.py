@@ -54,7 +54,8 @@ def rl_config() -> ml_collections.ConfigDict:
   c.init_workdir = ''
   c.valid_split = 'valid'
   # Rollout: a name of rl.rollouts.ROLLOUTS.
-  c.rollout = 'ved'            # 'ved' (V-STAR) | 'beam' (G beams: MiniOneRec's rollouts)
+  c.rollout = 'ved'            # 'ved' (V-STAR) | 'beam' (G beams: MiniOneRec's rollouts) |
+                               # 'sample' (G SIDs sampled from the constrained policy)
   c.group_size = 16            # G candidates per user (MiniOneRec / V-STAR group size)
   c.ved = ml_collections.ConfigDict()  # passed to decode.ved.VedConfig as it is (docs/method.md)
   c.ved.width = 8              # w, stage-1 beam width (paper Sec. 4.2)

@@ -1,4 +1,5 @@
-"""The decoder's searches, jitted: constrained beam search and VED, over a batch or a whole split.
+"""The decoder's searches, jitted: constrained beam search, sampling and VED, over a batch or a
+whole split.
 
 decode.beam and decode.ved are model-agnostic; this module binds them to the decoder
 (model.policy), checks that trie and decoder agree on the SID shape, and runs whole splits
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vstar_jax.decode import beam as beam_lib
+from vstar_jax.decode import sampling as sampling_lib
 from vstar_jax.decode import ved as ved_lib
 from vstar_jax.model import decoder
 from vstar_jax.model import policy
@@ -41,6 +43,16 @@ def beam_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history
   check_trie(cfg, trie)
   state, step = policy.beam_policy(params, cfg, history)
   return beam_lib.beam_search(step, state, trie, history.shape[0], num_beams)
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'num_samples'))
+def sample_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
+                  keys: jnp.ndarray, num_samples: int):
+  """`num_samples` SIDs per user of history [B, T, L] drawn from the constrained policy, with
+  per-user keys [B] (decode.sampling): codes [B, G, L] int32, log-probs [B, G] float32."""
+  check_trie(cfg, trie)
+  state, step = policy.beam_policy(params, cfg, history)
+  return sampling_lib.sample(step, state, trie, history.shape[0], num_samples, keys)
 
 
 def user_keys(key: jax.Array, user_index: jnp.ndarray) -> jax.Array:

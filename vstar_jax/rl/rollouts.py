@@ -61,5 +61,17 @@ def inject_target(ro: dict, target: jnp.ndarray) -> dict:
               valid=valid | replace, injected=missed)
 
 
+def sample_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:
+  """GRPO's own rollouts: G SIDs sampled from the constrained policy (decode.sampling), ranked
+  by log-prob; one forward per level per sample, as beam search's G beams."""
+  num_users, num_levels = history.shape[0], cfg.num_levels
+  cand, score = search.sample_search(params, cfg, trie, history, user_keys(key, user_index),
+                                     settings.group_size)
+  forwards = jnp.full((num_users,), 1 + (num_levels - 1) * settings.group_size, jnp.int32)
+  return {'cand': cand, 'valid': jnp.ones(score.shape, bool), 'rank_score': score,
+          'forwards': forwards}
+
+
 RolloutFn = Callable[..., dict]
-ROLLOUTS: dict[str, RolloutFn] = {'ved': ved_rollout, 'beam': beam_rollout}
+ROLLOUTS: dict[str, RolloutFn] = {'ved': ved_rollout, 'beam': beam_rollout,
+                                   'sample': sample_rollout}
