@@ -1,11 +1,14 @@
-"""Tests for vstar_jax.rl.rollouts.inject_target: every group then holds the target once, in
+"""Tests for vstar_jax.rl.rollouts: target injection (every group then holds the target once, in
 its last slot; groups that already hit are untouched; the policy's own hit rate is reported
-without the injected targets."""
+without the injected targets) and the sampled rollout."""
+
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import test_sampling
 from vstar_jax.rl import advantages
 from vstar_jax.rl import rewards
 from vstar_jax.rl import rollouts
@@ -66,3 +69,15 @@ def test_rollout_hit_counts_the_policys_own_hits_only():
   plain = step_lib.rollout_metrics(rollout(), scored, target, None)
   np.testing.assert_allclose(plain['rollout_hit'], 1 / 3, rtol=1e-6)
   np.testing.assert_allclose(plain['target_injected'], 0.0)
+
+
+def test_sample_rollout_is_g_sampled_sids_ranked_by_log_prob_at_beam_cost():
+  ts = test_sampling
+  settings = types.SimpleNamespace(group_size=8)
+  ro = jax.jit(lambda h, u, k: rollouts.sample_rollout(ts.PARAMS, ts.TRIE, h, u, k, cfg=ts.CFG,
+                                                       settings=settings))(
+      ts.histories(2), jnp.arange(2), jax.random.key(0))
+  codes, score = ts.draws(2, 8)
+  np.testing.assert_array_equal(ro['cand'], codes)
+  np.testing.assert_allclose(ro['rank_score'], score, rtol=1e-6)
+  assert np.asarray(ro['valid']).all() and (np.asarray(ro['forwards']) == 1 + 2 * 8).all()
