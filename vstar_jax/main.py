@@ -18,6 +18,7 @@ import jax
 from ml_collections import config_flags
 
 from vstar_jax import cli
+from vstar_jax import interrupts
 from vstar_jax import parallel
 from vstar_jax import pipeline
 from vstar_jax import recommender
@@ -65,6 +66,7 @@ def run_mode(config, workdir: pathlib.Path, out: pathlib.Path) -> None:
 
 def main(argv):
   del argv  # cli.parse_flags refused any stray argument
+  interrupts.install()  # Ctrl-C waits for a checkpoint call in flight, then stops the run
   logging.get_absl_handler().addFilter(workdir_lib.QuietLibraries())
   try:
     config = command_config()

@@ -43,6 +43,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from vstar_jax import interrupts
 from vstar_jax.train import state as state_lib
 
 PyTree = Any
@@ -104,6 +105,7 @@ class Checkpointer:
       return -math.inf
     return value if self.best_mode == 'max' else -value
 
+  @interrupts.uninterrupted
   def save(self, step: int, state: PyTree, metrics: dict | None = None,
            meta: dict | None = None) -> None:
     """Starts an asynchronous save of `state` as `step` (call `wait` to block until it is on disk).
@@ -139,6 +141,7 @@ class Checkpointer:
         metrics=metrics,  # {} rather than None when absent: orbax warns on None.
         force=True)
 
+  @interrupts.uninterrupted
   def restore_latest(self, template: PyTree) -> tuple[PyTree, dict] | None:
     """(state, meta) of the newest restorable step, or None when no step exists.
 
@@ -148,6 +151,7 @@ class Checkpointer:
     """
     return self._restore_first(sorted(self.steps(), reverse=True), template)
 
+  @interrupts.uninterrupted
   def restore_best(self, template: PyTree) -> tuple[PyTree, dict] | None:
     """(state, meta) of the best restorable step by `best_metric`, or None when none has metrics."""
     return self._restore_first(self._ranked_steps(), template)
@@ -165,10 +169,12 @@ class Checkpointer:
     """All retained steps, increasing."""
     return list(self._manager.all_steps())
 
+  @interrupts.uninterrupted
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are complete on disk."""
     self._manager.wait_until_finished()
 
+  @interrupts.uninterrupted
   def close(self) -> None:
     """Waits for pending saves and releases orbax resources."""
     self._manager.close()
