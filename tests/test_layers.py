@@ -13,7 +13,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'vstar_jax'
 LAYERS = [
     ('default_config',),
-    ('io', 'parallel', 'workdir'),
+    ('io', 'parallel', 'workdir', 'interrupts'),
     ('data',),
     ('sid',),
     ('model',),
