@@ -40,6 +40,11 @@ def rule_reward(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarray) -> j
   return (prefix_match(cand, target)[..., -1] & valid).astype(jnp.float32)
 
 
+def group_hit(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+  """Whether each user's group holds the target among its valid candidates: -> [B] bool."""
+  return jnp.any(prefix_match(cand, target)[..., -1] & valid, axis=-1)
+
+
 def candidate_rank(rank_score: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
   """Rank of each valid candidate in descending `rank_score` order: -> [B, G] int32.
 

@@ -24,13 +24,17 @@ from vstar_jax.rl import rewards
 user_keys = search.user_keys  # per-user keys from the users' positions in the global batch
 
 
+def _beam_shaped_forwards(history, cfg, settings) -> jnp.ndarray:
+  """[B] forwards of G sequences grown level by level: the root, then G per level below it."""
+  return jnp.full((history.shape[0],), 1 + (cfg.num_levels - 1) * settings.group_size, jnp.int32)
+
+
 def beam_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:
   """MiniOneRec's rollouts: constrained beam search with G beams, ranked by beam score."""
   del user_index, key
-  num_users, num_levels = history.shape[0], cfg.num_levels
   cand, score = search.beam_search(params, cfg, trie, history, settings.group_size)
-  forwards = jnp.full((num_users,), 1 + (num_levels - 1) * settings.group_size, jnp.int32)
-  return {'cand': cand, 'valid': score > -jnp.inf, 'rank_score': score, 'forwards': forwards}
+  return {'cand': cand, 'valid': score > -jnp.inf, 'rank_score': score,
+          'forwards': _beam_shaped_forwards(history, cfg, settings)}
 
 
 def ved_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:
@@ -54,7 +58,7 @@ def inject_target(ro: dict, target: jnp.ndarray) -> dict:
     target: [B, L] int32 target SIDs.
   """
   cand, valid = ro['cand'], ro['valid']
-  missed = ~jnp.any(rewards.prefix_match(cand, target)[..., -1] & valid, axis=-1)      # [B]
+  missed = ~rewards.group_hit(cand, valid, target)                                    # [B]
   last_slot = jnp.arange(cand.shape[1]) == cand.shape[1] - 1                          # [G]
   replace = missed[:, None] & last_slot[None, :]                                      # [B, G]
   return dict(ro, cand=jnp.where(replace[..., None], target[:, None, :], cand),
@@ -64,12 +68,10 @@ def inject_target(ro: dict, target: jnp.ndarray) -> dict:
 def sample_rollout(params, trie, history, user_index, key, *, cfg, settings) -> dict:
   """GRPO's own rollouts: G SIDs sampled from the constrained policy (decode.sampling), ranked
   by log-prob; one forward per level per sample, as beam search's G beams."""
-  num_users, num_levels = history.shape[0], cfg.num_levels
   cand, score = search.sample_search(params, cfg, trie, history, user_keys(key, user_index),
                                      settings.group_size)
-  forwards = jnp.full((num_users,), 1 + (num_levels - 1) * settings.group_size, jnp.int32)
   return {'cand': cand, 'valid': jnp.ones(score.shape, bool), 'rank_score': score,
-          'forwards': forwards}
+          'forwards': _beam_shaped_forwards(history, cfg, settings)}
 
 
 RolloutFn = Callable[..., dict]

@@ -108,7 +108,7 @@ def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> d
   count = jnp.maximum(jnp.sum(valid, -1), 1)
   mean = jnp.sum(reward * valid, -1) / count
   group_std = jnp.sqrt(jnp.sum(valid * (reward - mean[:, None]) ** 2, -1) / count)
-  hit = jnp.any(rewards.prefix_match(cand, target)[..., -1] & valid, -1)
+  hit = rewards.group_hit(cand, valid, target)
   injected = ro.get('injected', jnp.zeros_like(hit))
   index = jnp.arange(cand.shape[1])
   same_l1 = cand[:, :, None, 0] == cand[:, None, :, 0]
