@@ -3,7 +3,8 @@
 Per seed: a simulated world and its logged data; SFT on the logs; then, from that same SFT
 model, RL with the true preference as reward by GRPO with beam rollouts (`grpo_beam`),
 Sibling-GRPO with beam rollouts (`sibling_beam`), GRPO with VED rollouts (`grpo_ved`) and
-V-STAR (VED + Sibling-GRPO, `vstar`). Each policy (RL: its last step; valid exact-match
+V-STAR (VED + Sibling-GRPO, `vstar`); `--variants=...,grpo_sample` adds GRPO with sampled
+rollouts (`grpo_sample`). Each policy (RL: its last step; valid exact-match
 selection means nothing here) is scored on the test users by its beam-decoded top-10: mean
 true reward, and hit rate of each user's true best item.
 
@@ -33,6 +34,8 @@ from vstar_jax.train import sft
 
 VARIANTS = {'grpo_beam': ('beam', 0.0), 'sibling_beam': ('beam', 1.0), 'grpo_ved': ('ved', 0.0),
             'vstar': ('ved', 1.0)}
+# Beyond the paper's four (opt-in by --variants): GRPO on rollouts sampled from the policy.
+EXTRA_VARIANTS = {'grpo_sample': ('sample', 0.0)}
 
 
 def experiment_config(rl_steps: int = 60) -> ml_collections.ConfigDict:
@@ -52,12 +55,18 @@ def experiment_config(rl_steps: int = 60) -> ml_collections.ConfigDict:
   return c
 
 
-def top_items(params, cfg, trie, dataset, k: int = 10) -> np.ndarray:
-  """[N, k] items of each test row's beam-decoded top-k (simulated SIDs are distinct)."""
-  codes, _ = search.beam_search_split(params, cfg, trie, dataset.history_codes('test'), k, 64)
+def items_of(trie, codes) -> np.ndarray:
+  """[N, G] item of each SID in codes [N, G, L] (-1 where none; simulated SIDs are distinct)."""
+  codes = np.asarray(codes)
   nodes = np.asarray(trie_lib.lookup(trie, np.maximum(codes, 0)))
   items = trie.leaf_items[np.maximum(nodes, 0), 0]
   return np.where((codes >= 0).all(-1) & (nodes >= 0), items, -1)
+
+
+def top_items(params, cfg, trie, dataset, k: int = 10) -> np.ndarray:
+  """[N, k] items of each test row's beam-decoded top-k."""
+  codes, _ = search.beam_search_split(params, cfg, trie, dataset.history_codes('test'), k, 64)
+  return items_of(trie, codes)
 
 
 def run_seed(seed: int, sim: simulator.SimulatorConfig, config: ml_collections.ConfigDict,
@@ -74,7 +83,7 @@ def run_seed(seed: int, sim: simulator.SimulatorConfig, config: ml_collections.C
            **simulator.score_lists(world, users, top_items(base.params, base.cfg, trie, dataset))}]
   logging.info('%s', rows[-1])
   for name in variants:
-    rollout, w_sib = VARIANTS[name]
+    rollout, w_sib = {**VARIANTS, **EXTRA_VARIANTS}[name]
     config.rl.rollout, config.rl.w_sib = rollout, w_sib
     start = time.time()
     result = loop.train(config, dataset, root / f'seed{seed}_{name}', base.params, base.cfg,
@@ -96,13 +105,18 @@ def summarize(rows: list[dict]) -> dict:
 
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'World / model seeds.')
-_VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'RL runs from each SFT model.')
+_VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'RL runs from each SFT model: '
+                              f'{list(VARIANTS) + list(EXTRA_VARIANTS)}.')
 _STEPS = flags.DEFINE_integer('rl_steps', 60, 'RL iterations per run.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs go (default: a temporary folder).')
 
 
 def main(argv):
   del argv
+  unknown = set(_VARIANTS.value) - set(VARIANTS) - set(EXTRA_VARIANTS)
+  if unknown:
+    raise app.UsageError(f'--variants: unknown {sorted(unknown)}; choose from '
+                         f'{list(VARIANTS) + list(EXTRA_VARIANTS)}')
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix='vstar_sim_'))
   config = experiment_config(_STEPS.value)
   rows = []

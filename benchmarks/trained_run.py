@@ -15,6 +15,7 @@ import pathlib
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -74,8 +75,9 @@ def load(workdir: str, data_dir: str = '', dataset_name: str = '', head_steps: i
                     losses)
 
 
-def fit_heads(config, dataset, params, cfg, steps: int, seed: int):
-  """V and Q fitted on `steps` batches of rollouts of the frozen policy (rl.value_pretrain)."""
+def fit_heads(config, dataset, params, cfg, steps: int, seed: int, item_emb=None):
+  """V and Q fitted on `steps` batches of rollouts of the frozen policy (rl.value_pretrain);
+  item_emb [I, D]: what the reward reads, if it reads any (the simulator's item vectors)."""
   r = config.rl
   splits = ('holdout',) if 'holdout' in dataset.splits else tuple(r.train_splits)
   settings = settings_lib.RlSettings.from_config(r)
@@ -86,8 +88,10 @@ def fit_heads(config, dataset, params, cfg, steps: int, seed: int):
   batches = (users.batch(batching.batch_rows(len(users), r.batch_users, seed, 0, i % per_epoch),
                          mesh) for i in range(steps))
   trie = parallel.replicate(trie_lib.build_trie(dataset.item_codes, dataset.num_codes), mesh)
+  if item_emb is not None:
+    item_emb = parallel.replicate(jnp.asarray(item_emb, jnp.float32), mesh)
   params, losses = value_pretrain.pretrain(programs.value, parallel.replicate(params, mesh),
-                                           batches, trie, None, jax.random.key(seed), mesh)
+                                           batches, trie, item_emb, jax.random.key(seed), mesh)
   logging.info('value heads: loss %.4f -> %.4f over %d steps on %s', losses[0], losses[-1],
                len(losses), splits)
   return jax.device_get(params), losses

@@ -23,7 +23,6 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 import trained_run  # pylint: disable=g-import-not-at-top
 from vstar_jax.decode import search
@@ -41,16 +40,6 @@ _BATCH = flags.DEFINE_integer('batch_size', 16, 'Users per jitted call.')
 _HEAD_STEPS = flags.DEFINE_integer('value_steps', 100, 'Value-head fitting steps without an RL '
                                    'checkpoint.')
 _MIX = flags.DEFINE_list('mix', ['0.3', '1', '3', '10'], 'Q weights of the log-prob + mix*Q ranker.')
-
-
-def within_user_spearman(score: np.ndarray, reward: np.ndarray) -> float:
-  """Mean over users of Spearman's rho between score [N, W] and reward [N, W] (users whose rewards
-  differ and whose scores are not constant)."""
-  rhos = []
-  for s, r in zip(score, reward):
-    if np.ptp(r) > 0 and np.ptp(s) > 0:
-      rhos.append(stats.spearmanr(s, r).statistic)
-  return float(np.mean(rhos)) if rhos else float('nan')
 
 
 def rerank_metrics(score: np.ndarray, hit: np.ndarray) -> dict:
@@ -103,8 +92,10 @@ def main(argv):
   out_rows = []
   for name, score in scores.items():
     score = np.where(valid, score, -np.inf)
-    row = {'score': name, 'spearman_hit': within_user_spearman(score, hit.astype(float)),
-           'spearman_dense': within_user_spearman(score, dense), **rerank_metrics(score, hit)}
+    row = {'score': name,
+           'spearman_hit': metrics_lib.within_user_spearman(score, hit.astype(float)),
+           'spearman_dense': metrics_lib.within_user_spearman(score, dense),
+           **rerank_metrics(score, hit)}
     out_rows.append(row)
     logging.info('%s', row)
   per_depth = []
@@ -112,9 +103,9 @@ def main(argv):
     reward = match[..., depth - 1].astype(float)
     per_depth.append({
         'depth': depth,
-        'logprob': within_user_spearman(logprob[..., depth - 1], reward),
-        'value': within_user_spearman(values[..., depth], reward),
-        'q': within_user_spearman(q[..., depth - 1], reward)})
+        'logprob': metrics_lib.within_user_spearman(logprob[..., depth - 1], reward),
+        'value': metrics_lib.within_user_spearman(values[..., depth], reward),
+        'q': metrics_lib.within_user_spearman(q[..., depth - 1], reward)})
     logging.info('%s', per_depth[-1])
   by_name = {r['score']: r for r in out_rows}
   print(json.dumps({'logprob_spearman': by_name['logprob']['spearman_hit'],

@@ -56,6 +56,11 @@ class World:
     score = np.sum(self.user_vectors[users] * self.item_vectors[items], axis=-1)
     return 1.0 / (1.0 + np.exp(-score))
 
+  def list_rewards(self, users: np.ndarray, items: np.ndarray, empty: float = 0.0) -> np.ndarray:
+    """[N, K] true reward of each user's (users [N]) listed items [N, K]; `empty` where -1."""
+    items = np.asarray(items)
+    return np.where(items >= 0, self.preference(users[:, None], np.maximum(items, 0)), empty)
+
   def best_items(self) -> np.ndarray:
     """[U] each user's true best item."""
     return np.argmax(self.user_vectors @ self.item_vectors.T, axis=1)
@@ -129,7 +134,24 @@ def user_index(split: types.Split) -> np.ndarray:
 def score_lists(world: World, users: np.ndarray, items: np.ndarray, k: int = 10) -> dict:
   """Mean true reward of each user's top-k items [N, >=k] (-1 = no item) and best-item hit@k."""
   items = np.asarray(items)[:, :k]
-  reward = np.where(items >= 0, world.preference(users[:, None], np.maximum(items, 0)), 0.0)
+  reward = world.list_rewards(users, items)
   best = world.best_items()[users]
   return {'true_reward': float(reward.mean()),
           f'best_hit@{k}': float(np.mean((items == best[:, None]).any(axis=1)))}
+
+
+def group_quality(world: World, users: np.ndarray, items: np.ndarray) -> dict:
+  """What a rollout group [N, G] of items (-1 = empty slot) offers RL: mean and best true reward,
+  the spread GRPO normalises by, how often it holds the user's true best item, and the share
+  of its items that are planted gems (high reward in rarely exposed branches)."""
+  items = np.asarray(items)
+  valid = items >= 0
+  reward = world.list_rewards(users, items, empty=np.nan)
+  has_any = valid.any(axis=1)
+  best = world.best_items()[users]
+  return {'group_mean_reward': float(np.nanmean(reward)),
+          'group_max_reward': float(np.mean(np.nanmax(reward[has_any], axis=1))),
+          'group_std_reward': float(np.mean(np.nanstd(reward[has_any], axis=1))),
+          'best_in_group': float(np.mean((items == best[:, None]).any(axis=1))),
+          'gem_share': float(np.sum(world.gems[np.maximum(items, 0)] & valid) /
+                             max(int(valid.sum()), 1))}

@@ -98,3 +98,14 @@ def evaluate(predictions: Sequence[Sequence[str]], targets: Sequence[str], catal
     out.update(level_hits(pred_codes, target_codes))
     out.update(diversity(pred_codes))
   return out
+
+
+def within_user_spearman(score: np.ndarray, reward: np.ndarray) -> float:
+  """Mean over users of Spearman's rho between score [N, W] and reward [N, W] (users whose rewards
+  differ and whose scores are not constant)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (jax depends on scipy)
+  rhos = []
+  for s, r in zip(score, reward):
+    if np.ptp(r) > 0 and np.ptp(s) > 0:
+      rhos.append(stats.spearmanr(s, r).statistic)
+  return float(np.mean(rhos)) if rhos else float('nan')

@@ -1,0 +1,118 @@
+"""What each rollout method hands RL in the known-reward simulator, at the SFT start.
+
+V-STAR's premise (paper Sec. 4.2) is that value-guided search finds high-reward candidates
+that likelihood-ranked beams prune, so its groups carry more to learn from. This measures
+it where the reward is known: per seed, the SFT model of benchmarks/simulator.py, its value
+heads fitted as the RL stage's pretraining does (rl.value_pretrain, on the true reward),
+then one group of G = 16 per valid user from each rollout method at its forward budget:
+the group's mean / best / spread of true reward, how often it holds the user's true best
+item, the share of planted gems in it, and the within-user Spearman correlation of V (of the
+whole SID) with the true reward over the group's candidates.
+
+  python benchmarks/simulator_rollouts.py --seeds=0,1,2 \\
+      --rollouts=beam,sample,ved:ucb:value:2,ved:lookahead:logprob:2
+A rollout is `beam`, `sample` or `ved:<selection>:<leaf_ranking>:<multiplier>[:<beta>]`
+(decode.selection.RULES, decode.ved.LEAF_RANKINGS). --seeds is benchmarks/simulator.py's flag.
+last stdout line: {"rows": [{"rollout": .., "seed": 0, "forwards": .., "group_mean_reward": ..,
+"group_max_reward": .., "group_std_reward": .., "best_in_group": .., "gem_share": ..,
+"value_spearman": ..}, ..]}
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import tempfile
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import simulator as simulator_benchmark  # pylint: disable=g-import-not-at-top
+import trained_run  # pylint: disable=g-import-not-at-top
+from vstar_jax.data import simulator
+from vstar_jax.eval import metrics as metrics_lib
+from vstar_jax.model import policy
+from vstar_jax.rl import rollouts
+from vstar_jax.rl import settings as settings_lib
+from vstar_jax.sid import trie as trie_lib
+from vstar_jax.train import sft
+
+_ROLLOUTS = flags.DEFINE_list('rollouts', ['beam', 'sample', 'ved:ucb:value:2',
+                                           'ved:lookahead:logprob:2'], 'Rollout methods.')
+_HEAD_STEPS = flags.DEFINE_integer('head_steps', 0, 'Value-head fitting steps (0: the '
+                                   "benchmark's rl.value_pretrain_steps).")
+_SPLIT = flags.DEFINE_string('split', 'valid', 'Whose groups are measured (one row per user).')
+
+
+def rollout_config(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
+  """config with rl.rollout (and rl.ved) set from a --rollouts entry."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  name, *ved = spec.split(':')
+  if name not in rollouts.ROLLOUTS or (ved and name != 'ved') or (name == 'ved' and
+                                                                  len(ved) not in (3, 4)):
+    raise ValueError(f'--rollouts: {spec!r} is not beam, sample or '
+                     'ved:<selection>:<leaf_ranking>:<multiplier>[:<beta>]')
+  config.rl.rollout = name
+  if ved:
+    config.rl.ved.selection, config.rl.ved.leaf_ranking = ved[0], ved[1]
+    config.rl.ved.multiplier = float(ved[2])
+    if len(ved) == 4:
+      config.rl.ved.beta = float(ved[3])
+  return config
+
+
+def measure(params, cfg, trie, dataset, world, config, spec: str, seed: int) -> dict:
+  """One group per user of the split from rollout `spec`: its simulator.group_quality and V's
+  correlation with the true reward."""
+  settings = settings_lib.RlSettings.from_config(rollout_config(config, spec).rl)
+  rollout = jax.jit(functools.partial(rollouts.ROLLOUTS[settings.rollout], cfg=cfg,
+                                      settings=settings))
+  history = jnp.asarray(dataset.history_codes(_SPLIT.value))                 # [N, T, L]
+  ro = rollout(params, jax.device_put(trie), history, jnp.arange(history.shape[0]),
+               jax.random.key(seed))
+  items = simulator_benchmark.items_of(trie, ro['cand'])                      # [N, G]
+  users = simulator.user_index(dataset.splits[_SPLIT.value])
+  _, values, _ = policy.candidate_log_probs(
+      params, {'history': history, 'cand': ro['cand'], 'valid': ro['valid']}, cfg=cfg)
+  reward = world.list_rewards(users, items)
+  leaf_value = np.where(items >= 0, np.asarray(values)[..., -1], np.nan)     # [N, G]
+  keep = (items >= 0).all(1)   # users whose group is full (Spearman over the same G items)
+  return {'rollout': spec, 'seed': seed, 'forwards': float(np.mean(ro['forwards'])),
+          **simulator.group_quality(world, users, items),
+          'value_spearman': metrics_lib.within_user_spearman(leaf_value[keep], reward[keep])}
+
+
+def run_seed(seed: int, specs, root: pathlib.Path) -> list[dict]:
+  """The SFT model and fitted value heads of world `seed`, and one row per rollout method."""
+  config = simulator_benchmark.experiment_config()
+  config.seed = seed
+  dataset, world = simulator.make_dataset(simulator.SimulatorConfig(), seed)
+  trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
+  base = sft.train(config, dataset, root / f'seed{seed}_sft')
+  params, _ = trained_run.fit_heads(config, dataset, base.params, base.cfg,
+                                    _HEAD_STEPS.value or config.rl.value_pretrain_steps, seed,
+                                    item_emb=world.item_vectors)
+  rows = []
+  for spec in specs:
+    rows.append(measure(params, base.cfg, trie, dataset, world, config, spec, seed))
+    logging.info('%s', rows[-1])
+  return rows
+
+
+def main(argv):
+  del argv
+  root = pathlib.Path(flags.FLAGS.workdir or tempfile.mkdtemp(prefix='vstar_sim_rollouts_'))
+  for spec in _ROLLOUTS.value:   # fail on a bad spec before any training
+    rollout_config(simulator_benchmark.experiment_config(), spec)
+  rows = []
+  for seed in (int(s) for s in flags.FLAGS.seeds):
+    rows += run_seed(seed, _ROLLOUTS.value, root)
+  print(json.dumps({'rows': rows}))
+
+
+if __name__ == '__main__':
+  app.run(main)
