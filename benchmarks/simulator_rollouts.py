@@ -107,7 +107,11 @@ def main(argv):
   del argv
   root = pathlib.Path(flags.FLAGS.workdir or tempfile.mkdtemp(prefix='vstar_sim_rollouts_'))
   for spec in _ROLLOUTS.value:   # fail on a bad spec before any training
-    rollout_config(simulator_benchmark.experiment_config(), spec)
+    try:
+      settings_lib.RlSettings.from_config(
+          rollout_config(simulator_benchmark.experiment_config(), spec).rl)
+    except (ValueError, settings_lib.ConfigError) as e:
+      raise app.UsageError(str(e)) from None
   rows = []
   for seed in (int(s) for s in flags.FLAGS.seeds):
     rows += run_seed(seed, _ROLLOUTS.value, root)
