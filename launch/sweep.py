@@ -190,6 +190,17 @@ def valid_curve_stats(workdir: pathlib.Path, stage: str) -> dict:
   return {'valid_NDCG@10_best': max(curve), 'valid_NDCG@10_last': curve[-1]} if curve else {}
 
 
+def eval_dir(sweep_dir: pathlib.Path, run: Run, stage: str) -> pathlib.Path:
+  """<run>/eval/<stage>_test; for rl_final, rl_test when the run wrote none: the pipeline scores
+  the last RL step separately only when it is not the kept one, so then the two are the same."""
+  found = sweep_dir / run.name / 'eval' / f'{stage}_test'
+  if stage == 'rl_final' and not (found / 'metrics.json').is_file():
+    kept = sweep_dir / run.name / 'eval' / 'rl_test'
+    if (kept / 'metrics.json').is_file():
+      return kept
+  return found
+
+
 def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str]) -> dict:
   """Mean ± std over seeds of HR@K / NDCG@K per (stage, knob setting); lists missing files."""
   groups = {}
@@ -200,7 +211,7 @@ def summarize(sweep_dir: pathlib.Path, runs: Sequence[Run], stages: Sequence[str
     for label, group in groups.items():
       found = {}
       for run in group:
-        path = sweep_dir / run.name / 'eval' / f'{stage}_test' / 'metrics.json'
+        path = eval_dir(sweep_dir, run, stage) / 'metrics.json'
         if not path.is_file():
           missing.append(str(path))
           continue
@@ -225,7 +236,7 @@ PAIRED = ('HR@10', 'NDCG@10')
 
 def _row_per_user(sweep_dir: pathlib.Path, row: dict, runs: Sequence[Run]) -> dict:
   """Each user's HR@10 / NDCG@10 averaged over the row's seeds (from their predictions.json)."""
-  per_seed = [significance.load_per_user(sweep_dir / r.name / 'eval' / f"{row['stage']}_test")
+  per_seed = [significance.load_per_user(eval_dir(sweep_dir, r, row['stage']))
               for r in runs if r.label == row['config'] and r.seed in row['seeds']]
   return {m: sum(p[m] for p in per_seed) / len(per_seed) for m in PAIRED}
 

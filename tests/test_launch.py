@@ -396,6 +396,21 @@ def test_summarize_reads_the_valid_curve_of_the_trained_stage(tmp_path):
       '| 0.0900 ± 0.0000 | 0.0700 ± 0.0000 |')
 
 
+def test_rl_final_falls_back_to_the_kept_policy_when_the_last_step_was_kept(tmp_path):
+  # The pipeline writes eval/rl_final_test only when the kept RL step is not the last one.
+  runs = sweep.expand([0, 1], ())
+  _write_metrics(tmp_path, runs[0], 'rl_final', 0.1)
+  _write_metrics(tmp_path, runs[0], 'rl', 0.5)    # kept step 0: rl_test differs from the final
+  _write_metrics(tmp_path, runs[1], 'rl', 0.3)    # kept the last step: rl_test is the final
+  summary = sweep.summarize(tmp_path, runs, ['rl_final'])
+  row, = summary['rows']
+  assert row['seeds'] == [0, 1] and not summary['missing']
+  np.testing.assert_allclose(row['mean']['HR@3'], 0.2)
+  assert sweep.eval_dir(tmp_path, runs[0], 'rl_final').name == 'rl_final_test'
+  assert sweep.eval_dir(tmp_path, runs[1], 'rl_final').name == 'rl_test'
+  assert sweep.eval_dir(tmp_path, runs[1], 'sft').name == 'sft_test'   # no fallback elsewhere
+
+
 def test_summarize_rejects_metrics_without_the_contract_keys(tmp_path):
   run = sweep.Run(0, ())
   path = tmp_path / run.name / 'eval' / 'rl_test' / 'metrics.json'
