@@ -29,6 +29,7 @@ from vstar_jax import default_config
 from vstar_jax.data import simulator
 from vstar_jax.decode import search
 from vstar_jax.rl import loop
+from vstar_jax.rl import rewards
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import sft
 
@@ -36,6 +37,7 @@ VARIANTS = {'grpo_beam': ('beam', 0.0), 'sibling_beam': ('beam', 1.0), 'grpo_ved
             'vstar': ('ved', 1.0)}
 # Beyond the paper's four (opt-in by --variants): GRPO on rollouts sampled from the policy.
 EXTRA_VARIANTS = {'grpo_sample': ('sample', 0.0)}
+ALL_VARIANTS = {**VARIANTS, **EXTRA_VARIANTS}
 
 
 def experiment_config(rl_steps: int = 60) -> ml_collections.ConfigDict:
@@ -55,18 +57,11 @@ def experiment_config(rl_steps: int = 60) -> ml_collections.ConfigDict:
   return c
 
 
-def items_of(trie, codes) -> np.ndarray:
-  """[N, G] item of each SID in codes [N, G, L] (-1 where none; simulated SIDs are distinct)."""
-  codes = np.asarray(codes)
-  nodes = np.asarray(trie_lib.lookup(trie, np.maximum(codes, 0)))
-  items = trie.leaf_items[np.maximum(nodes, 0), 0]
-  return np.where((codes >= 0).all(-1) & (nodes >= 0), items, -1)
-
-
 def top_items(params, cfg, trie, dataset, k: int = 10) -> np.ndarray:
-  """[N, k] items of each test row's beam-decoded top-k."""
+  """[N, k] items of each test row's beam-decoded top-k (-1 where none; simulated SIDs are
+  distinct)."""
   codes, _ = search.beam_search_split(params, cfg, trie, dataset.history_codes('test'), k, 64)
-  return items_of(trie, codes)
+  return np.asarray(rewards.candidate_items(trie, codes))
 
 
 def run_seed(seed: int, sim: simulator.SimulatorConfig, config: ml_collections.ConfigDict,
@@ -83,7 +78,7 @@ def run_seed(seed: int, sim: simulator.SimulatorConfig, config: ml_collections.C
            **simulator.score_lists(world, users, top_items(base.params, base.cfg, trie, dataset))}]
   logging.info('%s', rows[-1])
   for name in variants:
-    rollout, w_sib = {**VARIANTS, **EXTRA_VARIANTS}[name]
+    rollout, w_sib = ALL_VARIANTS[name]
     config.rl.rollout, config.rl.w_sib = rollout, w_sib
     start = time.time()
     result = loop.train(config, dataset, root / f'seed{seed}_{name}', base.params, base.cfg,
@@ -106,17 +101,17 @@ def summarize(rows: list[dict]) -> dict:
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'World / model seeds.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'RL runs from each SFT model: '
-                              f'{list(VARIANTS) + list(EXTRA_VARIANTS)}.')
+                              f'{list(ALL_VARIANTS)}.')
 _STEPS = flags.DEFINE_integer('rl_steps', 60, 'RL iterations per run.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs go (default: a temporary folder).')
 
 
 def main(argv):
   del argv
-  unknown = set(_VARIANTS.value) - set(VARIANTS) - set(EXTRA_VARIANTS)
+  unknown = set(_VARIANTS.value) - set(ALL_VARIANTS)
   if unknown:
     raise app.UsageError(f'--variants: unknown {sorted(unknown)}; choose from '
-                         f'{list(VARIANTS) + list(EXTRA_VARIANTS)}')
+                         f'{list(ALL_VARIANTS)}')
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix='vstar_sim_'))
   config = experiment_config(_STEPS.value)
   rows = []

@@ -36,6 +36,7 @@ import trained_run  # pylint: disable=g-import-not-at-top
 from vstar_jax.data import simulator
 from vstar_jax.eval import metrics as metrics_lib
 from vstar_jax.model import policy
+from vstar_jax.rl import rewards
 from vstar_jax.rl import rollouts
 from vstar_jax.rl import settings as settings_lib
 from vstar_jax.sid import trie as trie_lib
@@ -74,7 +75,7 @@ def measure(params, cfg, trie, dataset, world, config, spec: str, seed: int) -> 
   history = jnp.asarray(dataset.history_codes(_SPLIT.value))                 # [N, T, L]
   ro = rollout(params, jax.device_put(trie), history, jnp.arange(history.shape[0]),
                jax.random.key(seed))
-  items = simulator_benchmark.items_of(trie, ro['cand'])                      # [N, G]
+  items = np.asarray(rewards.candidate_items(trie, ro['cand']))               # [N, G]
   users = simulator.user_index(dataset.splits[_SPLIT.value])
   _, values, _ = policy.candidate_log_probs(
       params, {'history': history, 'cand': ro['cand'], 'valid': ro['valid']}, cfg=cfg)
