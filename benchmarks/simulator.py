@@ -33,10 +33,15 @@ from vstar_jax.rl import rewards
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import sft
 
-VARIANTS = {'grpo_beam': ('beam', 0.0), 'sibling_beam': ('beam', 1.0), 'grpo_ved': ('ved', 0.0),
-            'vstar': ('ved', 1.0)}
-# Beyond the paper's four (opt-in by --variants): GRPO on rollouts sampled from the policy.
-EXTRA_VARIANTS = {'grpo_sample': ('sample', 0.0)}
+# name -> (rl.rollout, rl.w_sib, rl.value_coverage)
+VARIANTS = {'grpo_beam': ('beam', 0.0, 'rollouts'), 'sibling_beam': ('beam', 1.0, 'rollouts'),
+            'grpo_ved': ('ved', 0.0, 'rollouts'), 'vstar': ('ved', 1.0, 'rollouts')}
+# Beyond the paper's four (opt-in by --variants): GRPO on rollouts sampled from the policy, and
+# V-STAR / GRPO-VED whose value heads are pretrained on every catalogue item's true reward
+# instead of the SFT policy's rollouts (docs/method.md, "Value coverage").
+EXTRA_VARIANTS = {'grpo_sample': ('sample', 0.0, 'rollouts'),
+                  'vstar_catalogue': ('ved', 1.0, 'catalogue'),
+                  'grpo_ved_catalogue': ('ved', 0.0, 'catalogue')}
 ALL_VARIANTS = {**VARIANTS, **EXTRA_VARIANTS}
 
 
@@ -78,8 +83,7 @@ def run_seed(seed: int, sim: simulator.SimulatorConfig, config: ml_collections.C
            **simulator.score_lists(world, users, top_items(base.params, base.cfg, trie, dataset))}]
   logging.info('%s', rows[-1])
   for name in variants:
-    rollout, w_sib = ALL_VARIANTS[name]
-    config.rl.rollout, config.rl.w_sib = rollout, w_sib
+    config.rl.rollout, config.rl.w_sib, config.rl.value_coverage = ALL_VARIANTS[name]
     start = time.time()
     result = loop.train(config, dataset, root / f'seed{seed}_{name}', base.params, base.cfg,
                         item_emb=world.item_vectors)
@@ -103,6 +107,8 @@ _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'World / model seeds.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'RL runs from each SFT model: '
                               f'{list(ALL_VARIANTS)}.')
 _STEPS = flags.DEFINE_integer('rl_steps', 60, 'RL iterations per run.')
+_VALUE_STEPS = flags.DEFINE_integer('value_pretrain_steps', 40, 'Value-head pretraining steps '
+                                    'before each RL run (config.rl.value_pretrain_steps).')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs go (default: a temporary folder).')
 
 
@@ -114,6 +120,7 @@ def main(argv):
                          f'{list(ALL_VARIANTS)}')
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix='vstar_sim_'))
   config = experiment_config(_STEPS.value)
+  config.rl.value_pretrain_steps = _VALUE_STEPS.value
   rows = []
   for seed in (int(s) for s in _SEEDS.value):
     rows += run_seed(seed, simulator.SimulatorConfig(), config, _VARIANTS.value, root)

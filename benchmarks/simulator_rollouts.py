@@ -47,6 +47,8 @@ _ROLLOUTS = flags.DEFINE_list('rollouts', ['beam', 'sample', 'ved:ucb:value:2',
 _HEAD_STEPS = flags.DEFINE_integer('head_steps', 0, 'Value-head fitting steps (0: the '
                                    "benchmark's rl.value_pretrain_steps).")
 _SPLIT = flags.DEFINE_string('split', 'valid', 'Whose groups are measured (one row per user).')
+_COVERAGE = flags.DEFINE_enum('value_coverage', 'rollouts', ['rollouts', 'catalogue'],
+                              'What the value heads are fitted on (config.rl.value_coverage).')
 
 
 def rollout_config(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
@@ -82,7 +84,8 @@ def measure(params, cfg, trie, dataset, world, config, spec: str, seed: int) -> 
   reward = world.list_rewards(users, items)
   leaf_value = np.where(items >= 0, np.asarray(values)[..., -1], np.nan)     # [N, G]
   keep = (items >= 0).all(1)   # users whose group is full (Spearman over the same G items)
-  return {'rollout': spec, 'seed': seed, 'forwards': float(np.mean(ro['forwards'])),
+  return {'rollout': spec, 'seed': seed, 'value_coverage': config.rl.value_coverage,
+          'forwards': float(np.mean(ro['forwards'])),
           **simulator.group_quality(world, users, items),
           'value_spearman': metrics_lib.within_user_spearman(leaf_value[keep], reward[keep])}
 
@@ -91,6 +94,7 @@ def run_seed(seed: int, specs, root: pathlib.Path) -> list[dict]:
   """The SFT model and fitted value heads of world `seed`, and one row per rollout method."""
   config = simulator_benchmark.experiment_config()
   config.seed = seed
+  config.rl.value_coverage = _COVERAGE.value
   dataset, world = simulator.make_dataset(simulator.SimulatorConfig(), seed)
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
   base = sft.train(config, dataset, root / f'seed{seed}_sft')

@@ -25,6 +25,8 @@ from vstar_jax.rl import loss as loss_lib
 
 B, G, L, K, F = 8, 6, 3, 4, 5
 CFG = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.7, kl_beta=0.1, w_value=0.5)
+# The sharded comparison also runs the supervised anchor (its NLL mean must be global too).
+SHARDED_CFG = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.7, kl_beta=0.1, w_value=0.5, w_sft=0.3)
 NUM_STEPS = 3
 
 
@@ -60,7 +62,8 @@ def make_problem(seed=0):
   target = rng.integers(0, K, size=(B, L)).astype(np.int32)
   hit_users = rng.random(B) < 0.6
   target[hit_users] = cand[hit_users, 0]
-  batch = {'cand': cand, 'valid': valid, 'feat': rng.normal(size=(B, F)).astype(np.float32)}
+  batch = {'cand': cand, 'valid': valid, 'feat': rng.normal(size=(B, F)).astype(np.float32),
+           'target': target}
   batch.update(jax.device_get(_score_rollout(old_params, batch, target)))
   return params, ref_params, batch
 
@@ -145,7 +148,8 @@ def test_no_hit_group_has_zero_policy_gradient():
 def _reference_updates(params, ref_params, batch, optimizer):
   """Plain (unsharded, un-shard_mapped) steps: the single-device ground truth."""
   opt_state = optimizer.init(params)
-  grad_fn = jax.jit(jax.grad(lambda p: loss_lib.rl_loss(p, ref_params, batch, toy_policy, CFG),
+  grad_fn = jax.jit(jax.grad(lambda p: loss_lib.rl_loss(p, ref_params, batch, toy_policy,
+                                                        SHARDED_CFG),
                              has_aux=True))
   metrics = []
   for _ in range(NUM_STEPS):
@@ -166,7 +170,7 @@ def _sharded_step(mesh):
   def shard_step(state, ref_params, batch):
     params, opt_state = state
     params, opt_state, metrics = loss_lib.local_update(params, ref_params, opt_state, batch,
-                                                       toy_policy, _optimizer(), CFG)
+                                                       toy_policy, _optimizer(), SHARDED_CFG)
     return (params, opt_state), metrics
 
   return jax.jit(jax.shard_map(shard_step, mesh=mesh, in_specs=(P(), P(), P(parallel.DATA_AXIS)),
@@ -208,7 +212,7 @@ def test_sharded_update_equals_single_device(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   res = dict(np.load(tmp_path / 'results.npz'))
   keys = [k.split('/', 1)[1] for k in res if k.startswith('reference/')]
-  assert len(keys) == 4 + 10
+  assert len(keys) == 4 + 11
   for name in ('one', 'four'):
     for key in keys:
       np.testing.assert_allclose(res[f'{name}/{key}'], res[f'reference/{key}'], rtol=2e-5,
@@ -222,3 +226,27 @@ def test_sharded_update_equals_single_device(tmp_path):
 
 if __name__ == '__main__':
   run_sharded_comparison(sys.argv[1])
+
+
+def test_supervised_anchor_adds_the_target_nll():
+  """w_sft adds w_sft * (mean NLL per token of each user's logged target), computed token by
+  token here, to the otherwise unchanged objective; its gradient raises the targets' log-prob."""
+  params, ref_params, batch = make_problem()
+  rng = np.random.default_rng(3)
+  batch['target'] = rng.integers(0, K, size=(B, L)).astype(np.int32)
+  anchored = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.7, kl_beta=0.1, w_value=0.5, w_sft=0.3)
+  loss_fn = jax.jit(loss_lib.rl_loss, static_argnums=(3, 4))
+  base, _ = loss_fn(params, ref_params, batch, toy_policy, CFG)
+  loss, metrics = loss_fn(params, ref_params, batch, toy_policy, anchored)
+  one = dict(batch, cand=batch['target'][:, None, :], valid=np.ones((B, 1), bool))
+  target_logp = np.asarray(jax.jit(toy_policy)(params, one)[0])            # [B, 1, L]
+  nll = -np.mean(target_logp)
+  np.testing.assert_allclose(metrics['sft_nll'], nll, rtol=1e-5)
+  np.testing.assert_allclose(loss, base + 0.3 * nll, rtol=1e-5)
+  only_anchor = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.0, kl_beta=0.0, w_value=0.0, w_sft=1.0)
+  zero_adv = dict(batch, group_adv=np.zeros_like(batch['group_adv']),
+                  sibling_adv=np.zeros_like(batch['sibling_adv']))
+  grads = jax.jit(jax.grad(lambda p: loss_lib.rl_loss(p, ref_params, zero_adv, toy_policy,
+                                                      only_anchor)[0]))(params)
+  stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+  assert np.mean(np.asarray(jax.jit(toy_policy)(stepped, one)[0])) > -nll

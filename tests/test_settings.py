@@ -56,3 +56,25 @@ def test_epochs_set_the_number_of_iterations():
   r.epochs = 2
   assert settings_lib.num_steps(r, 2625) == 2 * 41
   assert settings_lib.RlSettings.from_config(r, 82).total_updates == 82
+
+
+def test_value_coverage_and_supervised_anchor_are_checked():
+  r = default_config.rl_config()
+  r.value_coverage = 'everything'
+  with pytest.raises(default_config.ConfigError, match=r'--config.rl.value_coverage: .*not one'):
+    settings_lib.validate_config(r)
+  r.value_coverage, r.value_targets, r.reward = 'catalogue', 'reward', 'ranking'
+  with pytest.raises(default_config.ConfigError, match=r'--config.rl.value_coverage: .*rank'):
+    settings_lib.validate_config(r)
+  r.value_targets = 'prefix'
+  settings_lib.validate_config(r)
+  r.w_sft = -1.0
+  with pytest.raises(default_config.ConfigError, match=r'--config.rl.w_sft: must be >= 0'):
+    settings_lib.validate_config(r)
+  r.w_sft, r.reward, r.value_targets = 0.5, 'preference', 'reward'
+  with pytest.raises(default_config.ConfigError, match=r'--config.rl.w_sft: .*logged target'):
+    settings_lib.validate_config(r)
+  r.reward = 'ranking+prefix'
+  r.value_targets = 'prefix'
+  settings_lib.validate_config(r)
+  assert settings_lib.RlSettings.from_config(r).loss.w_sft == 0.5

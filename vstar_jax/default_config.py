@@ -85,6 +85,9 @@ def rl_config() -> ml_collections.ConfigDict:
   # Loss and optimizer.
   c.kl_beta = 1e-3             # weight of KL(pi || pi_ref), k3 estimator
   c.w_value = 0.5              # weight of the value-head MSE
+  # Supervised anchor: + w_sft * NLL of the rollout users' logged targets (0: the paper's loss;
+  # docs/method.md, "Supervised anchor"; not in the paper).
+  c.w_sft = 0.0
   c.clip_eps = 0.2             # PPO clip
   c.lr = 1e-4                  # synthetic check (30 it.): 1e-5 no effect, 3e-4 best, 1e-2 diverges
   c.warmup_steps = 10
@@ -103,6 +106,10 @@ def rl_config() -> ml_collections.ConfigDict:
   # Value-head pretraining on SFT rollouts (SFT never trains V, which VED ranks by).
   c.value_pretrain_steps = 100
   c.value_pretrain_lr = 1e-3   # synthetic check: 3e-3 oscillates, 3e-4 slower
+  # What pretraining fits V and Q on: 'rollouts' (the paper: the SFT policy's own groups) or
+  # 'catalogue' (every item's path, rewards computed for items no rollout reaches;
+  # docs/method.md, "Value coverage").
+  c.value_coverage = 'rollouts'
   return c
 
 

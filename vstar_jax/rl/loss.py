@@ -32,11 +32,14 @@ class LossConfig:
     w_sib: weight of the sibling loss.
     kl_beta: weight of the k3 KL(pi || pi_ref) penalty (MiniOneRec / V-STAR: 1e-3).
     w_value: weight of the value-head MSE.
+    w_sft: weight of the supervised anchor, the NLL of each rollout user's logged target
+      (0: off, the paper's objective; docs/method.md, "Supervised anchor").
   """
   clip_eps: float = 0.2
   w_sib: float = 1.0
   kl_beta: float = 1e-3
   w_value: float = 0.5
+  w_sft: float = 0.0
 
 
 def head_losses(values: jnp.ndarray, q: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
@@ -47,6 +50,16 @@ def head_losses(values: jnp.ndarray, q: jnp.ndarray, targets: jnp.ndarray, valid
   q_mask = jnp.broadcast_to(valid[..., None], q.shape)
   return (parallel.global_mean((values - targets) ** 2, value_mask, axis_name),
           parallel.global_mean((q - targets[..., 1:]) ** 2, q_mask, axis_name))
+
+
+def target_nll(params: Any, batch: dict, policy_fn: PolicyFn,
+               axis_name: Optional[str]) -> jnp.ndarray:
+  """Mean NLL per token of the logged targets [B, L] under the policy: the SFT loss of the
+  rollout users' own rows (teacher-forced as one candidate per user)."""
+  target = batch['target']
+  one = {**batch, 'cand': target[:, None, :], 'valid': jnp.ones(target.shape[:1] + (1,), bool)}
+  token_logp = policy_fn(params, one)[0]                                    # [B, 1, L]
+  return parallel.global_mean(-token_logp, jnp.ones(token_logp.shape, bool), axis_name)
 
 
 def _clipped_pg(ratio: jnp.ndarray, adv: jnp.ndarray, clip_eps: float) -> jnp.ndarray:
@@ -69,7 +82,8 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
       group_adv: [B, G] z-scored group advantages (broadcast to all L tokens), or
         [B, G, L] per-token advantages (the alpha-blend of group and sibling advantages),
       sibling_adv: [B, G, L] sibling advantages A(y_<l, y_l),
-      value_targets: [B, G, L+1] value-head targets.
+      value_targets: [B, G, L+1] value-head targets,
+      target: [B, L] int32 logged targets (read only when cfg.w_sft > 0).
     policy_fn: (params, batch) -> (token_logp [B, G, L], values [B, G, L+1], q [B, G, L]).
     cfg: loss coefficients.
     axis_name: mesh axis the batch is sharded over, or None. With an axis every mean
@@ -80,7 +94,8 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
     (loss, metrics) where every term is a mean over valid tokens (GRPO, KL, value and Q
     MSE, clip fraction, nll), the sibling loss a mean over valid tokens with a non-zero
     sibling advantage. `nll` is the mean negative log-prob of the candidate tokens
-    (the policy's full entropy is not available from token log-probs).
+    (the policy's full entropy is not available from token log-probs); `sft_nll` the mean
+    NLL per token of the logged targets (with the anchor on).
   """
   token_logp, values, q = policy_fn(params, batch)
   ref_logp = policy_fn(ref_params, batch)[0]
@@ -103,6 +118,10 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
   kl = parallel.global_mean(jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0, token_mask, axis_name)
   value, q_loss = head_losses(values, q, batch['value_targets'], valid, axis_name)
   loss = grpo + cfg.w_sib * sibling + cfg.kl_beta * kl + cfg.w_value * (value + q_loss)
+  sft_nll = jnp.zeros(())
+  if cfg.w_sft:
+    sft_nll = target_nll(params, batch, policy_fn, axis_name)
+    loss = loss + cfg.w_sft * sft_nll
 
   clipped = (((ratio < 1.0 - cfg.clip_eps) & (group_adv < 0))
              | ((ratio > 1.0 + cfg.clip_eps) & (group_adv > 0)))
@@ -116,6 +135,7 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
       'clip_frac': parallel.global_mean(clipped, token_mask, axis_name),
       'sibling_frac': parallel.global_mean(sibling_adv != 0, token_mask, axis_name),
       'nll': parallel.global_mean(-token_logp, token_mask, axis_name),
+      'sft_nll': sft_nll,
   }
   return loss, jax.tree.map(lax.stop_gradient, metrics)
 

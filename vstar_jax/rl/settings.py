@@ -11,6 +11,7 @@ from vstar_jax.decode import ved as ved_lib
 from vstar_jax.rl import loss as loss_lib
 from vstar_jax.rl import rewards
 from vstar_jax.rl import rollouts
+from vstar_jax.rl import value_pretrain
 from vstar_jax.train import state as state_lib
 
 
@@ -40,10 +41,19 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
     bad('value_pretrain_steps', f'must be >= 0, got {r.value_pretrain_steps}')
   if len(r.prefix_weights) < 1:
     bad('prefix_weights', 'needs one weight per SID level')
+  if r.w_sft < 0:
+    bad('w_sft', f'must be >= 0, got {r.w_sft}')
+  if r.w_sft and r.reward == 'preference':
+    bad('w_sft', "needs a logged target; reward 'preference' has none")
   if r.inject_target and r.reward == 'preference':
     bad('inject_target', "needs a logged target; reward 'preference' has none")
   if r.value_targets not in ('prefix', 'reward'):
     bad('value_targets', f"{r.value_targets!r} is not 'prefix' or 'reward'")
+  if r.value_coverage not in value_pretrain.COVERAGES:
+    bad('value_coverage', f'{r.value_coverage!r} is not one of {value_pretrain.COVERAGES}')
+  if r.value_coverage == 'catalogue' and r.value_targets == 'reward' and 'ranking' in r.reward:
+    bad('value_coverage', f"'catalogue' gives candidates no rank: value targets of reward "
+        f"{r.reward!r} need rl.value_targets=prefix")
   ved_config(r)
 
 
@@ -82,6 +92,7 @@ class RlSettings:
   clip_norm: float
   total_updates: int
   value_lr: float
+  value_coverage: str = 'rollouts'
 
   @classmethod
   def from_config(cls, r: ml_collections.ConfigDict, steps: int | None = None) -> RlSettings:
@@ -91,13 +102,14 @@ class RlSettings:
         rollout=r.rollout, group_size=r.group_size, ved=ved_config(r),
         reward=r.reward, inject_target=r.inject_target, w_sib=r.w_sib, alpha=r.alpha,
         loss=loss_lib.LossConfig(clip_eps=r.clip_eps, w_sib=r.w_sib, kl_beta=r.kl_beta,
-                                 w_value=r.w_value),
+                                 w_value=r.w_value, w_sft=r.w_sft),
         targets=rewards.ValueTargetConfig(weights=tuple(r.prefix_weights), gamma=r.gamma,
                                           use_item_embeddings=r.use_item_embeddings,
                                           source=r.value_targets),
         updates_per_rollout=r.updates_per_rollout, lr=r.lr,
         warmup_steps=min(r.warmup_steps, total - 1), weight_decay=r.weight_decay,
-        clip_norm=r.clip_norm, total_updates=total, value_lr=r.value_pretrain_lr)
+        clip_norm=r.clip_norm, total_updates=total, value_lr=r.value_pretrain_lr,
+        value_coverage=r.value_coverage)
 
   def optimizer(self):
     """Clipped AdamW with warmup + cosine decay over all PPO updates."""

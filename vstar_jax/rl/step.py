@@ -145,7 +145,8 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
   old_logp, old_values, _ = policy_fn(state.params, fwd)
   scored = score_rollout(ro, batch, old_values, trie, item_emb, settings)
   loss_batch = dict(fwd, old_logp=old_logp, group_adv=scored['group_adv'],
-                    sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'])
+                    sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'],
+                    target=batch['target'])
 
   def ppo_update(carry, _):
     params, opt_state = carry
@@ -181,6 +182,8 @@ def make_programs(cfg: decoder.DecoderConfig, settings: settings_lib.RlSettings,
   iteration = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P(), P()),
                             out_specs=(P(), P()), check_vma=False)
   rollout_fn = functools.partial(rollouts.ROLLOUTS[settings.rollout], cfg=cfg, settings=settings)
+  if settings.value_coverage == 'catalogue':
+    rollout_fn = value_pretrain.catalogue_candidates
   reward_fn = functools.partial(rewards.REWARDS[settings.reward], tcfg=settings.targets)
   value = value_pretrain.make_value_step(functools.partial(policy.candidate_log_probs, cfg=cfg),
                                          rollout_fn, reward_fn, settings.targets, settings.value_lr,

@@ -33,10 +33,33 @@ from vstar_jax.rl import rewards
 from vstar_jax.sid import trie as trie_lib
 
 HEADS = value_head.HEADS
+# What the value heads learn from (config.rl.value_coverage; docs/method.md, "Value coverage").
+COVERAGES = ('rollouts', 'catalogue')
 
 # (params, trie, history [B, T, L], user_index [B], key) -> dict with cand [B, G, L],
 # valid [B, G] (and whatever else the rollout reports).
 RolloutFn = Callable[..., dict]
+
+
+def catalogue_candidates(params, trie: trie_lib.Trie, history, user_index, key) -> dict:
+  """Every catalogue SID as a candidate of every user: a rollout-shaped dict for value training.
+
+  The value heads then see every branch of the trie, not only those the policy's own rollouts
+  reach (V-STAR's premise is a value that points into branches the policy prunes). Costs no
+  search, but one teacher-forced pass over [B, N] candidates (N = trie nodes; the non-leaf
+  nodes are masked invalid). Only for rewards a candidate's SID alone determines (not the
+  rank-based `ranking`).
+
+  Returns:
+    cand [B, N, L] int32 (-1 for non-leaf nodes), valid [B, N] bool, rank_score [B, N] zeros.
+  """
+  del params, user_index, key
+  batch, num_levels = history.shape[0], trie.num_levels
+  leaf = trie.depth == num_levels                                           # [N]
+  cand = jnp.where(leaf[:, None], trie.prefix, -1)                          # [N, L]
+  cand = jnp.broadcast_to(cand[None], (batch,) + cand.shape)
+  valid = jnp.broadcast_to(leaf[None], (batch, leaf.shape[0]))
+  return {'cand': cand, 'valid': valid, 'rank_score': jnp.zeros(valid.shape, jnp.float32)}
 
 
 def heads_of(params) -> dict:
