@@ -39,6 +39,7 @@ from vstar_jax.model import policy
 from vstar_jax.rl import rewards
 from vstar_jax.rl import rollouts
 from vstar_jax.rl import settings as settings_lib
+from vstar_jax.rl import value_pretrain
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import sft
 
@@ -47,7 +48,7 @@ _ROLLOUTS = flags.DEFINE_list('rollouts', ['beam', 'sample', 'ved:ucb:value:2',
 _HEAD_STEPS = flags.DEFINE_integer('head_steps', 0, 'Value-head fitting steps (0: the '
                                    "benchmark's rl.value_pretrain_steps).")
 _SPLIT = flags.DEFINE_string('split', 'valid', 'Whose groups are measured (one row per user).')
-_COVERAGE = flags.DEFINE_enum('value_coverage', 'rollouts', ['rollouts', 'catalogue'],
+_COVERAGE = flags.DEFINE_enum('value_coverage', 'rollouts', list(value_pretrain.COVERAGES),
                               'What the value heads are fitted on (config.rl.value_coverage).')
 
 

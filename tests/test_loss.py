@@ -224,16 +224,10 @@ def test_sharded_update_equals_single_device(tmp_path):
   assert res['four/metrics/sibling_frac'].min() > 0
 
 
-if __name__ == '__main__':
-  run_sharded_comparison(sys.argv[1])
-
-
 def test_supervised_anchor_adds_the_target_nll():
   """w_sft adds w_sft * (mean NLL per token of each user's logged target), computed token by
   token here, to the otherwise unchanged objective; its gradient raises the targets' log-prob."""
   params, ref_params, batch = make_problem()
-  rng = np.random.default_rng(3)
-  batch['target'] = rng.integers(0, K, size=(B, L)).astype(np.int32)
   anchored = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.7, kl_beta=0.1, w_value=0.5, w_sft=0.3)
   loss_fn = jax.jit(loss_lib.rl_loss, static_argnums=(3, 4))
   base, _ = loss_fn(params, ref_params, batch, toy_policy, CFG)
@@ -250,3 +244,7 @@ def test_supervised_anchor_adds_the_target_nll():
                                                       only_anchor)[0]))(params)
   stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
   assert np.mean(np.asarray(jax.jit(toy_policy)(stepped, one)[0])) > -nll
+
+
+if __name__ == '__main__':
+  run_sharded_comparison(sys.argv[1])
