@@ -10,7 +10,11 @@ true reward, and hit rate of each user's true best item.
 
   python benchmarks/simulator.py --seeds=0,1,2
 last stdout line: {"rows": [{"run": "sft"|"grpo_beam"|..., "seed": 0, "true_reward": ..,
-"best_hit@10": ..}, ..], "mean": {...}}
+"best_hit@10": ..}, ..], "mean": {...}, "paired": [...]}
+
+"paired" holds, for each run against each `--paired_against` run, the per-user paired test of
+both metrics pooled over the seeds (the same simulated user of the same world in both runs;
+paired bootstrap and sign test, vstar_jax.eval.significance.compare).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from vstar_jax import default_config
 from vstar_jax.data import simulator
 from vstar_jax.decode import search
+from vstar_jax.eval import significance
 from vstar_jax.rl import loop
 from vstar_jax.rl import rewards
 from vstar_jax.sid import trie as trie_lib
@@ -70,28 +75,34 @@ def top_items(params, cfg, trie, dataset, k: int = 10) -> np.ndarray:
 
 
 def run_seed(seed: int, sim: simulator.SimulatorConfig, config: ml_collections.ConfigDict,
-             variants, root: pathlib.Path) -> list[dict]:
-  """SFT, then each RL variant from the same SFT model, on world `seed`: one row per policy."""
+             variants, root: pathlib.Path) -> tuple[list[dict], dict]:
+  """SFT, then each RL variant from the same SFT model, on world `seed`: one row per policy,
+  and each policy's per-user scores {run: {metric: [N]}} for the paired tests."""
   dataset, world = simulator.make_dataset(sim, seed)
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
   users = simulator.user_index(dataset.splits['test'])
   config = ml_collections.ConfigDict(config.to_dict())
   config.seed = seed
+  rows, per_user = [], {}
+
+  def score(name: str, params, start: float) -> None:
+    per_user[name] = simulator.user_scores(world, users, top_items(params, base.cfg, trie, dataset))
+    rows.append({'run': name, 'seed': seed, 'wall_s': time.time() - start,
+                 **{k: float(v.mean()) for k, v in per_user[name].items()}})
+    logging.info('%s', rows[-1])
+
   start = time.time()
   base = sft.train(config, dataset, root / f'seed{seed}_sft')
-  rows = [{'run': 'sft', 'seed': seed, 'wall_s': time.time() - start,
-           **simulator.score_lists(world, users, top_items(base.params, base.cfg, trie, dataset))}]
-  logging.info('%s', rows[-1])
+  score('sft', base.params, start)
   for name in variants:
     config.rl.rollout, config.rl.w_sib, config.rl.value_coverage = ALL_VARIANTS[name]
     start = time.time()
     result = loop.train(config, dataset, root / f'seed{seed}_{name}', base.params, base.cfg,
                         item_emb=world.item_vectors)
-    rows.append({'run': name, 'seed': seed, 'wall_s': time.time() - start,
-                 **simulator.score_lists(world, users, top_items(result.final_params, base.cfg,
-                                                                 trie, dataset))})
-    logging.info('%s', rows[-1])
-  return rows
+    score(name, result.final_params, start)
+  np.savez(root / f'seed{seed}_per_user.npz',
+           **{f'{name}/{metric}': v for name, m in per_user.items() for metric, v in m.items()})
+  return rows, per_user
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -103,12 +114,30 @@ def summarize(rows: list[dict]) -> dict:
   return out
 
 
+def paired_tests(per_seed: list[dict], against: list[str]) -> list[dict]:
+  """Each run vs each reference run: per-user deltas of both metrics, pooled over the seeds."""
+  runs = list(per_seed[0])
+  out = []
+  for ref in (r for r in against if r in runs):
+    for run in (r for r in runs if r != ref):
+      for metric in per_seed[0][run]:
+        pooled = [np.concatenate([seed[name][metric] for seed in per_seed]) for name in (ref, run)]
+        test = significance.compare(*pooled)
+        if not np.isfinite(test['relative']):
+          test['relative'] = None
+        out.append({'run': run, 'against': ref, 'metric': metric, 'users': len(pooled[0]),
+                    **test})
+  return out
+
+
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'World / model seeds.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'RL runs from each SFT model: '
                               f'{list(ALL_VARIANTS)}.')
 _STEPS = flags.DEFINE_integer('rl_steps', 60, 'RL iterations per run.')
 _VALUE_STEPS = flags.DEFINE_integer('value_pretrain_steps', 40, 'Value-head pretraining steps '
                                     'before each RL run (config.rl.value_pretrain_steps).')
+_PAIRED = flags.DEFINE_list('paired_against', ['sft', 'grpo_beam'], 'Runs every other run is '
+                            'compared with, user by user (those not run are skipped).')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Where the runs go (default: a temporary folder).')
 
 
@@ -118,13 +147,21 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'--variants: unknown {sorted(unknown)}; choose from '
                          f'{list(ALL_VARIANTS)}')
+  unknown = set(_PAIRED.value) - {'sft', *ALL_VARIANTS}
+  if unknown:
+    raise app.UsageError(f'--paired_against: unknown {sorted(unknown)}; choose from '
+                         f"{['sft', *ALL_VARIANTS]}")
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix='vstar_sim_'))
   config = experiment_config(_STEPS.value)
   config.rl.value_pretrain_steps = _VALUE_STEPS.value
-  rows = []
+  rows, per_seed = [], []
   for seed in (int(s) for s in _SEEDS.value):
-    rows += run_seed(seed, simulator.SimulatorConfig(), config, _VARIANTS.value, root)
+    seed_rows, per_user = run_seed(seed, simulator.SimulatorConfig(), config, _VARIANTS.value,
+                                   root)
+    rows += seed_rows
+    per_seed.append(per_user)
   print(json.dumps({'rows': rows, 'mean': summarize(rows),
+                    'paired': paired_tests(per_seed, _PAIRED.value),
                     'simulator': dataclasses.asdict(simulator.SimulatorConfig())}))
 
 

@@ -78,3 +78,12 @@ def test_value_coverage_and_supervised_anchor_are_checked():
   r.value_targets = 'prefix'
   settings_lib.validate_config(r)
   assert settings_lib.RlSettings.from_config(r).loss.w_sft == 0.5
+  r.w_pg = -0.5
+  with pytest.raises(default_config.ConfigError, match=r'--config.rl.w_pg: must be >= 0'):
+    settings_lib.validate_config(r)
+  r.w_pg, r.w_sft = 0.0, 0.0
+  with pytest.raises(default_config.ConfigError, match=r'--config.rl.w_pg: .*rl.w_sft > 0'):
+    settings_lib.validate_config(r)
+  r.w_sft = 1.0
+  settings_lib.validate_config(r)
+  assert settings_lib.RlSettings.from_config(r).loss.w_pg == 0.0

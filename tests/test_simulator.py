@@ -53,10 +53,12 @@ def test_rl_on_the_true_reward_beats_its_sft_start(tmp_path):
   for V-STAR is its measured gain's order, GRPO-beam keeps its own."""
   config = simulator_benchmark.experiment_config(rl_steps=30)
   config.sft.epochs = 6
-  rows = simulator_benchmark.run_seed(0, SMALL, config, ['grpo_beam', 'vstar'], tmp_path)
+  rows, per_user = simulator_benchmark.run_seed(0, SMALL, config, ['grpo_beam', 'vstar'],
+                                                tmp_path)
   reward = {r['run']: r['true_reward'] for r in rows}
   assert reward['grpo_beam'] > reward['sft'] + 0.01, reward
   assert reward['vstar'] > reward['sft'] + 0.005, reward
+  np.testing.assert_allclose(per_user['vstar']['true_reward'].mean(), reward['vstar'], rtol=1e-6)
 
 
 def test_group_quality_scores_a_hand_built_world():
@@ -77,6 +79,31 @@ def test_group_quality_scores_a_hand_built_world():
   np.testing.assert_allclose(q['group_std_reward'], (np.std(r0) + np.std(r1)) / 2, rtol=1e-6)
   assert q['best_in_group'] == 0.5        # user 0 holds its best (the gem), user 1 does not
   np.testing.assert_allclose(q['gem_share'], 3 / 5)   # 3 gems among the 5 filled slots
+
+
+def test_user_scores_and_their_paired_tests_over_seeds():
+  """Per-user scores average to score_lists; paired tests pool the same users over seeds and
+  compare every run with each reference that was run."""
+  world = simulator.World(item_codes=np.zeros((3, 3), np.int32),
+                          item_vectors=np.array([[1.0], [0.0], [2.0]], np.float32),
+                          user_vectors=np.array([[1.0], [-1.0]], np.float32),
+                          popularity=np.ones(3), gems=np.array([False, False, True]))
+  users = np.array([0, 1])
+  items = np.array([[2, 0], [0, -1]])       # user 0 holds its best (the gem); user 1 does not
+  per_user = simulator.user_scores(world, users, items, k=2)
+  sig = lambda x: 1 / (1 + np.exp(-x))
+  np.testing.assert_allclose(per_user['true_reward'], [(sig(2.0) + sig(1.0)) / 2, sig(-1.0) / 2],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(per_user['best_hit@2'], [1.0, 0.0])
+  means = simulator.score_lists(world, users, items, k=2)
+  assert means['true_reward'] == pytest.approx(per_user['true_reward'].mean())
+  seed = lambda base, up: {'sft': {'r': np.array(base)}, 'vstar': {'r': np.array(up)}}
+  tests = simulator_benchmark.paired_tests(
+      [seed([0.1, 0.2, 0.3], [0.2, 0.3, 0.4]), seed([0.5, 0.5], [0.6, 0.4])],
+      ['sft', 'grpo_beam'])                     # grpo_beam was not run: skipped
+  assert [(t['run'], t['against'], t['metric']) for t in tests] == [('vstar', 'sft', 'r')]
+  assert tests[0]['users'] == 5 and (tests[0]['wins'], tests[0]['losses']) == (4, 1)
+  assert tests[0]['delta'] == pytest.approx(0.06)
 
 
 def test_rollout_specs_set_the_rl_config_and_bad_ones_name_the_flag():

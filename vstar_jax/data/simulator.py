@@ -131,13 +131,19 @@ def user_index(split: types.Split) -> np.ndarray:
   return np.array([int(u[1:]) for u in split.user_ids])
 
 
+def user_scores(world: World, users: np.ndarray, items: np.ndarray, k: int = 10) -> dict:
+  """Per user [N]: mean true reward of the top-k items [N, >=k] (-1 = no item, reward 0) and
+  whether they hold the user's true best item; the rows a paired test compares."""
+  items = np.asarray(items)[:, :k]
+  best = world.best_items()[users]
+  return {'true_reward': world.list_rewards(users, items).mean(axis=1),
+          f'best_hit@{k}': (items == best[:, None]).any(axis=1).astype(np.float64)}
+
+
 def score_lists(world: World, users: np.ndarray, items: np.ndarray, k: int = 10) -> dict:
   """Mean true reward of each user's top-k items [N, >=k] (-1 = no item) and best-item hit@k."""
-  items = np.asarray(items)[:, :k]
-  reward = world.list_rewards(users, items)
-  best = world.best_items()[users]
-  return {'true_reward': float(reward.mean()),
-          f'best_hit@{k}': float(np.mean((items == best[:, None]).any(axis=1)))}
+  return {name: float(per_user.mean())
+          for name, per_user in user_scores(world, users, items, k).items()}
 
 
 def group_quality(world: World, users: np.ndarray, items: np.ndarray) -> dict:

@@ -34,12 +34,15 @@ class LossConfig:
     w_value: weight of the value-head MSE.
     w_sft: weight of the supervised anchor, the NLL of each rollout user's logged target
       (0: off, the paper's objective; docs/method.md, "Supervised anchor").
+    w_pg: weight of the policy-gradient terms (GRPO and sibling); 0 with w_sft > 0 leaves the
+      anchor alone in the RL loop, the supervised control of the same schedule.
   """
   clip_eps: float = 0.2
   w_sib: float = 1.0
   kl_beta: float = 1e-3
   w_value: float = 0.5
   w_sft: float = 0.0
+  w_pg: float = 1.0
 
 
 def head_losses(values: jnp.ndarray, q: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
@@ -70,7 +73,8 @@ def _clipped_pg(ratio: jnp.ndarray, adv: jnp.ndarray, clip_eps: float) -> jnp.nd
 
 def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg: LossConfig,
             axis_name: Optional[str] = None):
-  """Sibling-GRPO objective: GRPO + w_sib * sibling PG + beta * KL + w_v * value MSE.
+  """Sibling-GRPO objective: w_pg (GRPO + w_sib * sibling PG) + beta * KL + w_v * value MSE
+  (+ w_sft * target NLL).
 
   Args:
     params: policy parameters (differentiated).
@@ -117,7 +121,8 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
   log_ratio_ref = ref_logp - token_logp
   kl = parallel.global_mean(jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0, token_mask, axis_name)
   value, q_loss = head_losses(values, q, batch['value_targets'], valid, axis_name)
-  loss = grpo + cfg.w_sib * sibling + cfg.kl_beta * kl + cfg.w_value * (value + q_loss)
+  loss = (cfg.w_pg * (grpo + cfg.w_sib * sibling) + cfg.kl_beta * kl
+          + cfg.w_value * (value + q_loss))
   sft_nll = jnp.zeros(())
   if cfg.w_sft:
     sft_nll = target_nll(params, batch, policy_fn, axis_name)

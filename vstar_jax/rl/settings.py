@@ -43,6 +43,10 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
     bad('prefix_weights', 'needs one weight per SID level')
   if r.w_sft < 0:
     bad('w_sft', f'must be >= 0, got {r.w_sft}')
+  if r.w_pg < 0:
+    bad('w_pg', f'must be >= 0, got {r.w_pg}')
+  if r.w_pg == 0 and r.w_sft == 0:
+    bad('w_pg', '0 needs rl.w_sft > 0: with neither term nothing trains the policy')
   if r.w_sft and r.reward == 'preference':
     bad('w_sft', "needs a logged target; reward 'preference' has none")
   if r.inject_target and r.reward == 'preference':
@@ -102,7 +106,8 @@ class RlSettings:
         rollout=r.rollout, group_size=r.group_size, ved=ved_config(r),
         reward=r.reward, inject_target=r.inject_target, w_sib=r.w_sib, alpha=r.alpha,
         loss=loss_lib.LossConfig(clip_eps=r.clip_eps, w_sib=r.w_sib, kl_beta=r.kl_beta,
-                                 w_value=r.w_value, w_sft=r.w_sft),
+                                 w_value=r.w_value, w_sft=r.w_sft,
+                                 w_pg=r.w_pg),
         targets=rewards.ValueTargetConfig(weights=tuple(r.prefix_weights), gamma=r.gamma,
                                           use_item_embeddings=r.use_item_embeddings,
                                           source=r.value_targets),
