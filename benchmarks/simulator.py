@@ -115,11 +115,13 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def paired_tests(per_seed: list[dict], against: list[str]) -> list[dict]:
-  """Each run vs each reference run: per-user deltas of both metrics, pooled over the seeds."""
+  """Each run vs each reference run (each pair once): per-user deltas of both metrics, pooled
+  over the seeds."""
   runs = list(per_seed[0])
-  out = []
+  out, done = [], set()
   for ref in (r for r in against if r in runs):
-    for run in (r for r in runs if r != ref):
+    for run in (r for r in runs if r != ref and frozenset((r, ref)) not in done):
+      done.add(frozenset((run, ref)))
       for metric in per_seed[0][run]:
         pooled = [np.concatenate([seed[name][metric] for seed in per_seed]) for name in (ref, run)]
         test = significance.compare(*pooled)

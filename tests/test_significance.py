@@ -28,6 +28,10 @@ def test_sign_test_by_hand():
   # 9 wins, 1 loss: 2 * (C(10,0) + C(10,1)) / 2^10
   assert significance.sign_test(np.array([1] * 9 + [-1])) == pytest.approx(2 * 11 / 1024)
   assert significance.sign_test(np.zeros(5)) == 1.0
+  # Beyond 1023 non-zero differences (where 2.0 ** n overflows a float): balanced signs are
+  # chance (p = 1); 1200 wins of 2000 are not (normal approximation: z = 8.9, p ~ 5e-19).
+  assert significance.sign_test(np.array([1] * 1000 + [-1] * 1000)) == 1.0
+  assert 1e-20 < significance.sign_test(np.array([1] * 1200 + [-1] * 800)) < 1e-16
 
 
 def test_bootstrap_separates_a_real_shift_from_noise():

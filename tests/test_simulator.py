@@ -104,6 +104,10 @@ def test_user_scores_and_their_paired_tests_over_seeds():
   assert [(t['run'], t['against'], t['metric']) for t in tests] == [('vstar', 'sft', 'r')]
   assert tests[0]['users'] == 5 and (tests[0]['wins'], tests[0]['losses']) == (4, 1)
   assert tests[0]['delta'] == pytest.approx(0.06)
+  three = {'sft': {'r': np.zeros(2)}, 'grpo_beam': {'r': np.ones(2)}, 'vstar': {'r': np.ones(2)}}
+  pairs = [(t['run'], t['against']) for t in simulator_benchmark.paired_tests([three],
+                                                                            ['sft', 'grpo_beam'])]
+  assert pairs == [('grpo_beam', 'sft'), ('vstar', 'sft'), ('vstar', 'grpo_beam')]
 
 
 def test_rollout_specs_set_the_rl_config_and_bad_ones_name_the_flag():

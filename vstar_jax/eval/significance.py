@@ -39,7 +39,8 @@ def sign_test(diff: np.ndarray) -> float:
   n = wins + losses
   if n == 0:
     return 1.0
-  tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2.0 ** n
+  # Integer numerator and denominator: 2.0 ** n overflows a float beyond n = 1023.
+  tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
   return min(1.0, 2.0 * tail)
 
 
