@@ -269,5 +269,32 @@ def test_policy_gradient_weight_scales_only_the_pg_terms():
                grad_fn(params, batch), grad_fn(params, flipped))
 
 
+
+def test_negative_weight_scales_only_the_negative_advantages():
+  """negative_weight w equals handing the paper's loss advantages whose negative entries are
+  multiplied by w; at w = 0 loss and gradient ignore the negative advantages entirely."""
+  params, ref_params, batch = make_problem()
+  assert (batch['group_adv'] < 0).any() and (batch['sibling_adv'] < 0).any()
+  loss_fn = jax.jit(loss_lib.rl_loss, static_argnums=(3, 4))
+
+  def scaled(b, w):
+    return dict(b, **{k: np.where(b[k] < 0, w * b[k], b[k]) for k in ('group_adv', 'sibling_adv')})
+
+  half = dataclasses.replace(CFG, negative_weight=0.5)
+  manual, _ = loss_fn(params, ref_params, scaled(batch, 0.5), toy_policy, CFG)
+  np.testing.assert_allclose(loss_fn(params, ref_params, batch, toy_policy, half)[0], manual,
+                             rtol=1e-6)
+  assert abs(float(manual) - float(loss_fn(params, ref_params, batch, toy_policy, CFG)[0])) > 1e-5
+  positive_only = dataclasses.replace(CFG, negative_weight=0.0)
+  deeper = scaled(batch, 7.0)                        # only the negative advantages change
+  grad_fn = jax.jit(jax.grad(lambda p, b: loss_lib.rl_loss(p, ref_params, b, toy_policy,
+                                                           positive_only)[0]))
+  np.testing.assert_allclose(loss_fn(params, ref_params, batch, toy_policy, positive_only)[0],
+                             loss_fn(params, ref_params, deeper, toy_policy, positive_only)[0],
+                             rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               grad_fn(params, batch), grad_fn(params, deeper))
+
+
 if __name__ == '__main__':
   run_sharded_comparison(sys.argv[1])

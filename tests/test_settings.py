@@ -87,3 +87,10 @@ def test_value_coverage_and_supervised_anchor_are_checked():
   r.w_sft = 1.0
   settings_lib.validate_config(r)
   assert settings_lib.RlSettings.from_config(r).loss.w_pg == 0.0
+  for bad_weight in (-0.1, 1.5):
+    r.negative_weight = bad_weight
+    with pytest.raises(default_config.ConfigError, match=r'--config.rl.negative_weight: must be'):
+      settings_lib.validate_config(r)
+  r.negative_weight = 0.0
+  settings_lib.validate_config(r)
+  assert settings_lib.RlSettings.from_config(r).loss.negative_weight == 0.0

@@ -89,6 +89,9 @@ def rl_config() -> ml_collections.ConfigDict:
   # docs/method.md, "Supervised anchor"; not in the paper).
   c.w_sft = 0.0
   c.w_pg = 1.0                 # weight of GRPO + sibling PG; 0 with w_sft > 0: anchor-only control
+  # Scale of negative advantages in the PG terms: 1 the paper; 0 only pushes candidates up
+  # (docs/method.md, "Negative advantages"; not in the paper).
+  c.negative_weight = 1.0
   c.clip_eps = 0.2             # PPO clip
   c.lr = 1e-4                  # synthetic check (30 it.): 1e-5 no effect, 3e-4 best, 1e-2 diverges
   c.warmup_steps = 10

@@ -36,6 +36,9 @@ class LossConfig:
       (0: off, the paper's objective; docs/method.md, "Supervised anchor").
     w_pg: weight of the policy-gradient terms (GRPO and sibling); 0 with w_sft > 0 leaves the
       anchor alone in the RL loop, the supervised control of the same schedule.
+    negative_weight: scale of the negative advantages (group and sibling) in the PG terms:
+      1 is the paper's objective; 0 keeps only the push up on better-than-group candidates
+      (docs/method.md, "Negative advantages").
   """
   clip_eps: float = 0.2
   w_sib: float = 1.0
@@ -43,6 +46,14 @@ class LossConfig:
   w_value: float = 0.5
   w_sft: float = 0.0
   w_pg: float = 1.0
+  negative_weight: float = 1.0
+
+
+def weigh_negatives(adv: jnp.ndarray, negative_weight: float) -> jnp.ndarray:
+  """Advantages with the negative ones scaled by negative_weight (same shape as adv)."""
+  if negative_weight == 1.0:
+    return adv
+  return jnp.where(adv < 0, negative_weight * adv, adv)
 
 
 def head_losses(values: jnp.ndarray, q: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
@@ -111,11 +122,12 @@ def rl_loss(params: Any, ref_params: Any, batch: dict, policy_fn: PolicyFn, cfg:
   group_adv = batch['group_adv']
   if group_adv.ndim == valid.ndim:
     group_adv = group_adv[..., None]
-  group_adv = jnp.broadcast_to(group_adv, token_logp.shape)
+  group_adv = weigh_negatives(jnp.broadcast_to(group_adv, token_logp.shape),
+                              cfg.negative_weight)
   grpo = parallel.global_mean(_clipped_pg(ratio, group_adv, cfg.clip_eps), token_mask,
                               axis_name)
-  sibling_adv = batch['sibling_adv']
-  sibling_mask = token_mask & (sibling_adv != 0)
+  sibling_adv = weigh_negatives(batch['sibling_adv'], cfg.negative_weight)
+  sibling_mask = token_mask & (batch['sibling_adv'] != 0)
   sibling = parallel.global_mean(_clipped_pg(ratio, sibling_adv, cfg.clip_eps), sibling_mask,
                                  axis_name)
   log_ratio_ref = ref_logp - token_logp

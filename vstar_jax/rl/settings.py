@@ -45,6 +45,9 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
     bad('w_sft', f'must be >= 0, got {r.w_sft}')
   if r.w_pg < 0:
     bad('w_pg', f'must be >= 0, got {r.w_pg}')
+  if not 0 <= r.negative_weight <= 1:
+    bad('negative_weight', f'must be in [0, 1] (1: the paper; 0: positive advantages only), '
+        f'got {r.negative_weight}')
   if r.w_pg == 0 and r.w_sft == 0:
     bad('w_pg', '0 needs rl.w_sft > 0: with neither term nothing trains the policy')
   if r.w_sft and r.reward == 'preference':
@@ -107,7 +110,7 @@ class RlSettings:
         reward=r.reward, inject_target=r.inject_target, w_sib=r.w_sib, alpha=r.alpha,
         loss=loss_lib.LossConfig(clip_eps=r.clip_eps, w_sib=r.w_sib, kl_beta=r.kl_beta,
                                  w_value=r.w_value, w_sft=r.w_sft,
-                                 w_pg=r.w_pg),
+                                 w_pg=r.w_pg, negative_weight=r.negative_weight),
         targets=rewards.ValueTargetConfig(weights=tuple(r.prefix_weights), gamma=r.gamma,
                                           use_item_embeddings=r.use_item_embeddings,
                                           source=r.value_targets),
