@@ -260,14 +260,19 @@ def test_policy_gradient_weight_scales_only_the_pg_terms():
   np.testing.assert_allclose(doubled, base + pg, rtol=1e-5, atol=1e-6)
   control = dataclasses.replace(CFG, w_pg=0.0, w_sft=1.0)
   flipped = dict(batch, group_adv=-batch['group_adv'], sibling_adv=3.0 * batch['sibling_adv'])
-  grad_fn = jax.jit(jax.grad(lambda p, b: loss_lib.rl_loss(p, ref_params, b, toy_policy,
-                                                           control)[0]))
-  np.testing.assert_allclose(loss_fn(params, ref_params, batch, toy_policy, control)[0],
-                             loss_fn(params, ref_params, flipped, toy_policy, control)[0],
-                             rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               grad_fn(params, batch), grad_fn(params, flipped))
+  assert_same_loss_and_grad(params, ref_params, control, batch, flipped)
 
+
+def assert_same_loss_and_grad(params, ref_params, cfg, batch, other):
+  """rl_loss under cfg gives the same value and gradient on both batches."""
+  def loss(p, b):
+    return loss_lib.rl_loss(p, ref_params, b, toy_policy, cfg)[0]
+  loss_and_grad = jax.jit(jax.value_and_grad(loss))
+  (value, grads), (other_value, other_grads) = loss_and_grad(params, batch), loss_and_grad(
+      params, other)
+  np.testing.assert_allclose(value, other_value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               grads, other_grads)
 
 
 def test_negative_weight_scales_only_the_negative_advantages():
@@ -287,13 +292,7 @@ def test_negative_weight_scales_only_the_negative_advantages():
   assert abs(float(manual) - float(loss_fn(params, ref_params, batch, toy_policy, CFG)[0])) > 1e-5
   positive_only = dataclasses.replace(CFG, negative_weight=0.0)
   deeper = scaled(batch, 7.0)                        # only the negative advantages change
-  grad_fn = jax.jit(jax.grad(lambda p, b: loss_lib.rl_loss(p, ref_params, b, toy_policy,
-                                                           positive_only)[0]))
-  np.testing.assert_allclose(loss_fn(params, ref_params, batch, toy_policy, positive_only)[0],
-                             loss_fn(params, ref_params, deeper, toy_policy, positive_only)[0],
-                             rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               grad_fn(params, batch), grad_fn(params, deeper))
+  assert_same_loss_and_grad(params, ref_params, positive_only, batch, deeper)
 
 
 if __name__ == '__main__':
