@@ -18,6 +18,7 @@ averaged over the row's seeds, then a paired bootstrap and a sign test over the 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import itertools
 import json
 import math
@@ -59,8 +60,10 @@ def _define_flags() -> None:
   flags.DEFINE_bool('run', False, 'Run the commands one after another (default: print them).')
   flags.DEFINE_bool('summarize', False, "Collect the runs' metrics into one table.")
   flags.DEFINE_list('stages', ['sft', 'rl'], 'Stages summarized (eval/<stage>_test/).')
-  flags.DEFINE_string('reference', '', 'An eval dir (holding predictions.json) every row is '
-                      'tested against, per user (e.g. the SFT start: W_SFT/eval/sft_test).')
+  flags.DEFINE_multi_string('reference', [], 'An eval dir (holding predictions.json) every row '
+                            'is tested against, per user (e.g. the SFT start: W_SFT/eval/sft_test). '
+                            'Repeat it, or give a glob, to pair against several runs (e.g. another '
+                            "sweep's seeds): each user's metric is then averaged over them.")
   flags.DEFINE_string('reference_row', '', "A row of this sweep every row is tested against, "
                       "'stage:label' (e.g. 'rl:rl.rollout=beam rl.w_sib=0').")
 
@@ -236,16 +239,38 @@ PAIRED = ('HR@10', 'NDCG@10')
 
 def _row_per_user(sweep_dir: pathlib.Path, row: dict, runs: Sequence[Run]) -> dict:
   """Each user's HR@10 / NDCG@10 averaged over the row's seeds (from their predictions.json)."""
-  per_seed = [significance.load_per_user(eval_dir(sweep_dir, r, row['stage']))
-              for r in runs if r.label == row['config'] and r.seed in row['seeds']]
-  return {m: sum(p[m] for p in per_seed) / len(per_seed) for m in PAIRED}
+  return _mean_per_user([str(eval_dir(sweep_dir, r, row['stage']))
+                         for r in runs if r.label == row['config'] and r.seed in row['seeds']])
+
+
+def reference_dirs(patterns: str | Sequence[str]) -> list[str]:
+  """The eval dirs --reference names: each value a path or a glob (sorted); one must exist."""
+  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+  found = []
+  for pattern in patterns:
+    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not matches:
+      raise FileNotFoundError(f'--reference={pattern!r}: no such eval dir')
+    found.extend(matches)
+  return found
+
+
+def _mean_per_user(eval_dirs: Sequence[str]) -> dict:
+  """Each user's HR@10 / NDCG@10 averaged over several eval dirs of the same users."""
+  loaded = [significance.load_per_user(d) for d in eval_dirs]
+  for d, per in zip(eval_dirs[1:], loaded[1:]):
+    if len(per['HR@10']) != len(loaded[0]['HR@10']):
+      raise ValueError(f'{d}: {len(per["HR@10"])} users, {eval_dirs[0]} has '
+                       f'{len(loaded[0]["HR@10"])}: not the same users, no paired test')
+  return {m: sum(p[m] for p in loaded) / len(loaded) for m in PAIRED}
 
 
 def add_paired_tests(summary: dict, sweep_dir: pathlib.Path, runs: Sequence[Run],
-                     reference: str = '', reference_row: str = '') -> dict:
+                     reference: str | Sequence[str] = (), reference_row: str = '') -> dict:
   """Adds row['paired'][metric] = significance.compare(reference, row) to every summary row."""
   if reference:
-    ref, name = significance.load_per_user(reference), reference
+    dirs = reference_dirs(reference)
+    ref, name = _mean_per_user(dirs), (dirs[0] if len(dirs) == 1 else dirs)
   else:
     stage, _, label = reference_row.partition(':')
     match = [r for r in summary['rows'] if r['stage'] == stage and r['config'] == label]
@@ -287,7 +312,9 @@ def to_markdown(summary: dict) -> str:
       cells += [_paired_cell(row, m) for m in PAIRED]
     lines.append('| ' + ' | '.join([row['stage'], row['config'], str(len(row['seeds'])), *cells])
                  + ' |')
-  note = f"\nPaired tests against: {summary['reference']}\n" if paired else ''
+  reference = summary.get('reference', '')
+  reference = reference if isinstance(reference, str) else ', '.join(reference)
+  note = f"\nPaired tests against: {reference}\n" if paired else ''
   return '\n'.join(lines) + '\n' + note
 
 

@@ -502,3 +502,16 @@ def test_summarize_paired_tests_against_a_reference(tmp_path):
   assert by_row['rows'][0]['paired']['NDCG@10']['delta'] > 0
   with pytest.raises(ValueError, match='no such row'):
     sweep.add_paired_tests(summary, tmp_path, runs, reference_row='rl:nope')
+  # Several reference runs (another sweep's seeds, by glob): each user averaged over them, so the
+  # ved runs as reference give the ved row a zero delta and the beam row a negative one.
+  by_glob = sweep.add_paired_tests(sweep.summarize(tmp_path, runs, ['rl']), tmp_path, runs,
+                                   reference=[str(tmp_path / 'seed*_rl.rollout=ved' / 'eval' / 'rl_test')])
+  assert len(by_glob['reference']) == 2
+  assert by_glob['rows'][0]['paired']['HR@10']['delta'] == 0
+  assert by_glob['rows'][1]['paired']['HR@10']['delta'] < -0.05
+  assert 'seed0_rl.rollout=ved' in sweep.to_markdown(by_glob).splitlines()[-1]
+  with pytest.raises(FileNotFoundError, match='no such eval dir'):
+    sweep.add_paired_tests(summary, tmp_path, runs, reference=[str(tmp_path / 'nope*')])
+  write(tmp_path / 'short', base[:100])
+  with pytest.raises(ValueError, match='not the same users'):
+    sweep.add_paired_tests(summary, tmp_path, runs, reference=[str(tmp_path / 'ref'), str(tmp_path / 'short')])
