@@ -14,4 +14,11 @@ def get_config(arg: str = 'industrial'):
     # 0.1) vs 0.1298 (the Industrial choice above).
     c.sft.history_dropout = 0.2
     c.model.dropout = 0.1
+    # Office valid keeps V-STAR + supervised anchor at lr 1e-4 over 4 epochs (README, "Office: the
+    # same anchor comparison"; 3 RL seeds): valid NDCG@10 0.1240 -> 0.1276, kept on every seed,
+    # while the anchor alone and the paper's loss at lr 1e-5 keep the SFT start. Industrial valid
+    # keeps its start under this recipe, so it stays Office's alone.
+    c.rl.w_sft = 1.0
+    c.rl.lr = 1e-4
+    c.rl.epochs = 4
   return c

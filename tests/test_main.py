@@ -115,3 +115,8 @@ def test_amazon_configs_validate():
     assert c.dataset == name
   with pytest.raises(ValueError, match='industrial or office'):
     module.get_config('books')
+  # The RL recipe valid chose per dataset (README, RL ablation): Office adds the supervised
+  # anchor at lr 1e-4 for 4 epochs; Industrial keeps the paper's loss at lr 1e-5.
+  office, industrial = module.get_config('office').rl, module.get_config('industrial').rl
+  assert (office.w_sft, office.w_pg, office.lr, office.epochs) == (1.0, 1.0, 1e-4, 4)
+  assert (industrial.w_sft, industrial.lr, industrial.epochs) == (0.0, 1e-5, 2)
