@@ -94,3 +94,16 @@ def test_value_coverage_and_supervised_anchor_are_checked():
   r.negative_weight = 0.0
   settings_lib.validate_config(r)
   assert settings_lib.RlSettings.from_config(r).loss.negative_weight == 0.0
+  for bad_rate in (-0.1, 1.0):
+    r.anchor_history_dropout = bad_rate
+    with pytest.raises(default_config.ConfigError,
+                       match=r'--config.rl.anchor_history_dropout: must be in \[0, 1\)'):
+      settings_lib.validate_config(r)
+  r.anchor_history_dropout = 0.4
+  settings_lib.validate_config(r)
+  assert settings_lib.RlSettings.from_config(r).anchor_history_dropout == 0.4
+  r.w_sft = 0.0
+  r.w_pg = 1.0
+  with pytest.raises(default_config.ConfigError,
+                     match=r'--config.rl.anchor_history_dropout: needs rl.w_sft > 0'):
+    settings_lib.validate_config(r)

@@ -78,3 +78,41 @@ def test_no_hit_batch_gives_zero_policy_gradient(reward):
   grads, scored = pg_grad(cand[:, 1])
   assert np.asarray(scored['group_adv']).any() and np.asarray(scored['sibling_adv']).any()
   assert float(optax.tree.norm(grads)) > 1e-3
+
+
+def test_anchor_history_dropout_changes_only_the_anchor():
+  """rl.anchor_history_dropout masks history items in the anchor's NLL only: one iteration from
+  the same state draws the same rollouts (same reward, hits, advantages) with and without it,
+  while the anchor's NLL is read from the masked histories; the anchor of target_nll reads
+  batch['anchor_history'] when given."""
+  from vstar_jax import parallel
+  data, config, cfg, params = _problem()
+  users = batching.UserRows.from_dataset(data, ('train',))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  trie = parallel.replicate(trie_lib.build_trie(data.item_codes, data.num_codes), mesh)
+  batch = users.batch(batching.batch_rows(len(users), 16, 0, 0, 0), mesh)
+
+  def one_iteration(rate):
+    r = config.rl.copy_and_resolve_references()
+    r.w_sft, r.anchor_history_dropout, r.batch_users = 1.0, rate, 16
+    settings_lib.validate_config(r)
+    settings = settings_lib.RlSettings.from_config(r)
+    state = parallel.replicate(step_lib.init_state(params, settings, 0), mesh)
+    _, metrics = step_lib.make_programs(cfg, settings, mesh).iteration(state, batch, trie, None)
+    return jax.device_get(metrics)
+
+  off, on = one_iteration(0.0), one_iteration(0.6)
+  for key in ('reward_mean', 'rollout_hit', 'nonzero_adv_groups', 'distinct_l1', 'grpo_loss'):
+    np.testing.assert_allclose(on[key], off[key], rtol=1e-6, err_msg=key)
+  assert abs(float(on['sft_nll']) - float(off['sft_nll'])) > 1e-3
+
+  policy_fn = functools.partial(policy.candidate_log_probs, cfg=cfg)
+  plain = {'history': np.asarray(batch['history']), 'target': np.asarray(batch['target'])}
+  masked = sft.drop_history_items(plain['history'], 0.6, jax.random.key(3))
+  assert (np.asarray(masked) != plain['history']).any()
+  nll = jax.jit(lambda b: loss_lib.target_nll(params, b, policy_fn, None))
+  np.testing.assert_allclose(nll(dict(plain, anchor_history=plain['history'])), nll(plain),
+                             rtol=1e-6)
+  np.testing.assert_allclose(nll(dict(plain, anchor_history=masked)),
+                             nll(dict(plain, history=masked)), rtol=1e-6)
+  assert abs(float(nll(dict(plain, anchor_history=masked))) - float(nll(plain))) > 1e-3

@@ -89,6 +89,9 @@ def rl_config() -> ml_collections.ConfigDict:
   # docs/method.md, "Supervised anchor"; not in the paper).
   c.w_sft = 0.0
   c.w_pg = 1.0                 # weight of GRPO + sibling PG; 0 with w_sft > 0: anchor-only control
+  # History dropout on the anchor's inputs (sft.history_dropout's augmentation; 0: off): the
+  # anchor is an SFT loss on few rows, which the SFT stage itself only fits regularised.
+  c.anchor_history_dropout = 0.0
   # Scale of negative advantages in the PG terms: 1 the paper; 0 only pushes candidates up
   # (docs/method.md, "Negative advantages"; not in the paper).
   c.negative_weight = 1.0

@@ -69,9 +69,11 @@ def head_losses(values: jnp.ndarray, q: jnp.ndarray, targets: jnp.ndarray, valid
 def target_nll(params: Any, batch: dict, policy_fn: PolicyFn,
                axis_name: Optional[str]) -> jnp.ndarray:
   """Mean NLL per token of the logged targets [B, L] under the policy: the SFT loss of the
-  rollout users' own rows (teacher-forced as one candidate per user)."""
+  rollout users' own rows (teacher-forced as one candidate per user), read from
+  batch['anchor_history'] [B, T, L] where given (history dropout), else batch['history']."""
   target = batch['target']
-  one = {**batch, 'cand': target[:, None, :], 'valid': jnp.ones(target.shape[:1] + (1,), bool)}
+  one = {**batch, 'cand': target[:, None, :], 'valid': jnp.ones(target.shape[:1] + (1,), bool),
+         'history': batch.get('anchor_history', batch['history'])}
   token_logp = policy_fn(params, one)[0]                                    # [B, 1, L]
   return parallel.global_mean(-token_logp, jnp.ones(token_logp.shape, bool), axis_name)
 

@@ -48,6 +48,10 @@ def validate_config(r: ml_collections.ConfigDict) -> None:
   if not 0 <= r.negative_weight <= 1:
     bad('negative_weight', f'must be in [0, 1] (1: the paper; 0: positive advantages only), '
         f'got {r.negative_weight}')
+  if not 0 <= r.anchor_history_dropout < 1:
+    bad('anchor_history_dropout', f'must be in [0, 1), got {r.anchor_history_dropout}')
+  if r.anchor_history_dropout and not r.w_sft:
+    bad('anchor_history_dropout', 'needs rl.w_sft > 0: it regularises the supervised anchor')
   if r.w_pg == 0 and r.w_sft == 0:
     bad('w_pg', '0 needs rl.w_sft > 0: with neither term nothing trains the policy')
   if r.w_sft and r.reward == 'preference':
@@ -100,6 +104,7 @@ class RlSettings:
   total_updates: int
   value_lr: float
   value_coverage: str = 'rollouts'
+  anchor_history_dropout: float = 0.0
 
   @classmethod
   def from_config(cls, r: ml_collections.ConfigDict, steps: int | None = None) -> RlSettings:
@@ -117,7 +122,7 @@ class RlSettings:
         updates_per_rollout=r.updates_per_rollout, lr=r.lr,
         warmup_steps=min(r.warmup_steps, total - 1), weight_decay=r.weight_decay,
         clip_norm=r.clip_norm, total_updates=total, value_lr=r.value_pretrain_lr,
-        value_coverage=r.value_coverage)
+        value_coverage=r.value_coverage, anchor_history_dropout=r.anchor_history_dropout)
 
   def optimizer(self):
     """Clipped AdamW with warmup + cosine decay over all PPO updates."""

@@ -33,6 +33,7 @@ from vstar_jax.rl import rollouts
 from vstar_jax.rl import settings as settings_lib
 from vstar_jax.rl import value_pretrain
 from vstar_jax.sid import trie as trie_lib
+from vstar_jax.train import sft
 from vstar_jax.train import state as state_lib
 
 
@@ -147,6 +148,11 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
   loss_batch = dict(fwd, old_logp=old_logp, group_adv=scored['group_adv'],
                     sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'],
                     target=batch['target'])
+  if settings.anchor_history_dropout:
+    # A fresh key only when on, so runs without it draw the same rollouts as before.
+    state, anchor_key = state_lib.split_rng(state)
+    loss_batch['anchor_history'] = sft.drop_history_items(
+        batch['history'], settings.anchor_history_dropout, anchor_key)
 
   def ppo_update(carry, _):
     params, opt_state = carry
