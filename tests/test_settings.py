@@ -87,21 +87,17 @@ def test_value_coverage_and_supervised_anchor_are_checked():
   r.w_sft = 1.0
   settings_lib.validate_config(r)
   assert settings_lib.RlSettings.from_config(r).loss.w_pg == 0.0
-  for bad_weight in (-0.1, 1.5):
-    r.negative_weight = bad_weight
-    with pytest.raises(default_config.ConfigError, match=r'--config.rl.negative_weight: must be'):
-      settings_lib.validate_config(r)
-  r.negative_weight = 0.0
-  settings_lib.validate_config(r)
-  assert settings_lib.RlSettings.from_config(r).loss.negative_weight == 0.0
-  for bad_rate in (-0.1, 1.0):
-    r.anchor_history_dropout = bad_rate
-    with pytest.raises(default_config.ConfigError,
-                       match=r'--config.rl.anchor_history_dropout: must be in \[0, 1\)'):
-      settings_lib.validate_config(r)
-  r.anchor_history_dropout = 0.4
-  settings_lib.validate_config(r)
-  assert settings_lib.RlSettings.from_config(r).anchor_history_dropout == 0.4
+  for flag, bad_values, good, message in (
+      ('negative_weight', (-0.1, 1.5), 0.0, 'must be in'),
+      ('anchor_history_dropout', (-0.1, 1.0), 0.4, r'must be in \[0, 1\)')):
+    for value in bad_values:
+      r[flag] = value
+      with pytest.raises(default_config.ConfigError, match=rf'--config.rl.{flag}: {message}'):
+        settings_lib.validate_config(r)
+    r[flag] = good
+    settings_lib.validate_config(r)
+  settings = settings_lib.RlSettings.from_config(r)
+  assert settings.loss.negative_weight == 0.0 and settings.anchor_history_dropout == 0.4
   r.w_sft = 0.0
   r.w_pg = 1.0
   with pytest.raises(default_config.ConfigError,
