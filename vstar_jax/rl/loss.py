@@ -72,8 +72,9 @@ def target_nll(params: Any, batch: dict, policy_fn: PolicyFn,
   rollout users' own rows (teacher-forced as one candidate per user), read from
   batch['anchor_history'] [B, T, L] where given (history dropout), else batch['history']."""
   target = batch['target']
-  one = {**batch, 'cand': target[:, None, :], 'valid': jnp.ones(target.shape[:1] + (1,), bool),
-         'history': batch.get('anchor_history', batch['history'])}
+  one = {**batch, 'cand': target[:, None, :], 'valid': jnp.ones(target.shape[:1] + (1,), bool)}
+  if 'anchor_history' in batch:
+    one['history'] = batch['anchor_history']
   token_logp = policy_fn(params, one)[0]                                    # [B, 1, L]
   return parallel.global_mean(-token_logp, jnp.ones(token_logp.shape, bool), axis_name)
 
