@@ -53,3 +53,13 @@ def trained_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('trained') / 'w'
   run_main(*TINY_SYNTHETIC, f'--workdir={workdir}', '--config.mode=sft')
   return workdir
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _free_compiled_programs():
+  """Drops jax's compiled executables after each test module: one pytest process compiles
+  hundreds of programs, and XLA's CPU code mappings pile up towards the kernel's per-process
+  map limit (vm.max_map_count 65530), where a later compile can crash the whole run."""
+  yield
+  import jax
+  jax.clear_caches()
