@@ -59,7 +59,8 @@ def trained_workdir(tmp_path_factory):
 def _free_compiled_programs():
   """Drops jax's compiled executables after each test module: one pytest process compiles
   hundreds of programs, and XLA's CPU code mappings pile up towards the kernel's per-process
-  map limit (vm.max_map_count 65530), where a later compile can crash the whole run."""
+  map limit (vm.max_map_count 65530), where a later compile segfaults the whole run (measured:
+  test_ved + test_beam leave 36,578 mappings without this, 591 with it)."""
   yield
   import jax
   jax.clear_caches()
