@@ -116,3 +116,20 @@ def test_anchor_history_dropout_changes_only_the_anchor():
   np.testing.assert_allclose(nll(dict(plain, anchor_history=masked)),
                              nll(dict(plain, history=masked)), rtol=1e-6)
   assert abs(float(nll(dict(plain, anchor_history=masked))) - float(nll(plain))) > 1e-3
+
+
+def test_anchor_histories_do_not_depend_on_the_batch_split():
+  """Each user's anchor mask comes from its own key: a batch of 16 gives the same rows as its two
+  halves (what each of 2 shards sees), and masking happens (the check can fail)."""
+  data, _, _, _ = _problem()
+  users = batching.UserRows.from_dataset(data, ('train',))
+  from vstar_jax import parallel
+  rows = batching.batch_rows(len(users), 16, 0, 0, 0)
+  batch = jax.device_get(users.batch(rows, parallel.make_mesh(jax.devices()[:1])))
+  key = jax.random.key(5)
+  whole = np.asarray(step_lib.anchor_histories(batch['history'], batch['user_index'], key, 0.6))
+  halves = np.concatenate([np.asarray(step_lib.anchor_histories(
+      batch['history'][i:i + 8], batch['user_index'][i:i + 8], key, 0.6)) for i in (0, 8)])
+  np.testing.assert_array_equal(whole, halves)
+  assert (whole != np.asarray(batch['history'])).any()
+  np.testing.assert_array_equal(whole[:, -1], np.asarray(batch['history'])[:, -1])

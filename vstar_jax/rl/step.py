@@ -24,6 +24,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vstar_jax import parallel
+from vstar_jax.decode import search
 from vstar_jax.model import decoder
 from vstar_jax.model import policy
 from vstar_jax.rl import advantages
@@ -132,6 +133,14 @@ def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> d
   return out if axis_name is None else lax.psum(out, axis_name)
 
 
+def anchor_histories(history: jnp.ndarray, user_index: jnp.ndarray, key: jax.Array,
+                     rate: float) -> jnp.ndarray:
+  """History dropout for the anchor, [B, T, L]: one key per user (search.user_keys), so a
+  user's mask does not depend on how the batch is sharded (sharded = single-device)."""
+  drop = lambda k, h: sft.drop_history_items(h[None], rate, k)[0]
+  return jax.vmap(drop)(search.user_keys(key, user_index), history)
+
+
 def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb, *,
                      cfg: decoder.DecoderConfig, settings: settings_lib.RlSettings):
   """Per-device body of one RL iteration: rollout, scoring, updates_per_rollout PPO updates."""
@@ -151,8 +160,8 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
   if settings.anchor_history_dropout:
     # A fresh key only when on, so runs without it draw the same rollouts as before.
     state, anchor_key = state_lib.split_rng(state)
-    loss_batch['anchor_history'] = sft.drop_history_items(
-        batch['history'], settings.anchor_history_dropout, anchor_key)
+    loss_batch['anchor_history'] = anchor_histories(
+        batch['history'], batch['user_index'], anchor_key, settings.anchor_history_dropout)
 
   def ppo_update(carry, _):
     params, opt_state = carry
