@@ -115,8 +115,10 @@ def test_amazon_configs_validate():
     assert c.dataset == name
   with pytest.raises(ValueError, match='industrial or office'):
     module.get_config('books')
-  # The RL recipe valid chose per dataset (README, RL ablation): Office adds the supervised
-  # anchor at lr 1e-4 for 4 epochs; Industrial keeps the paper's loss at lr 1e-5.
+  # The RL recipe valid chose per dataset (README, RL ablation): both add the supervised anchor
+  # at lr 1e-4 for 4 epochs; Industrial with the `rule` reward, selected on the whole valid split.
   office, industrial = module.get_config('office').rl, module.get_config('industrial').rl
   assert (office.w_sft, office.w_pg, office.lr, office.epochs) == (1.0, 1.0, 1e-4, 4)
-  assert (industrial.w_sft, industrial.lr, industrial.epochs) == (0.0, 1e-5, 2)
+  assert (office.reward, office.valid_max_rows) == ('ranking+prefix', 1000)
+  assert (industrial.w_sft, industrial.w_pg, industrial.lr, industrial.epochs) == (1.0, 1.0, 1e-4, 4)
+  assert (industrial.reward, industrial.valid_max_rows) == ('rule', 0)
