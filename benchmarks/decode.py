@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flops import beam_search_flops, matmul_peak  # pylint: disable=g-bad-import-order
 from vstar_jax.data import amazon
 from vstar_jax.data import synthetic
 from vstar_jax.decode import search
@@ -35,6 +36,8 @@ _D_MODEL = flags.DEFINE_integer('d_model', 256, 'Model width D (d_ff = 4 D).')
 _HEADS = flags.DEFINE_integer('heads', 4, 'Attention heads.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Users per jitted beam-search call.')
 _MAX_USERS = flags.DEFINE_integer('max_users', 0, 'Decode only the first N test users (0: all).')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'Compute dtype (model.dtype; parameters stay float32).')
 
 
 def load_histories(name: str, data_dir: str | None):
@@ -46,32 +49,6 @@ def load_histories(name: str, data_dir: str | None):
   return dataset.history_codes('test'), dataset.item_codes, dataset.num_codes
 
 
-def beam_search_flops(cfg: decoder.DecoderConfig, num_beams: int) -> float:
-  """Model FLOPs of one user's beam search (matmuls and attention; 2 per multiply-add)."""
-  d, f, p = cfg.d_model, cfg.d_ff, cfg.prompt_len
-  per_token_layer = 2 * (4 * d * d + 2 * d * f)
-  prompt = (cfg.num_layers - 1) * (p * per_token_layer + 4 * p * p * d) + p * 4 * d * d
-  steps = 0.0
-  for level in range(cfg.num_levels):
-    width = 1 if level == 0 else num_beams
-    attention = 4 * d * (p + level + 1)
-    steps += width * (cfg.num_layers * (per_token_layer + attention) + 2 * d * cfg.num_codes)
-  return float(prompt + steps)
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """Best f32 FLOP/s of an [n, n] x [n, n] jnp.dot on this machine."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  dot(a, a).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    dot(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best
-
-
 def main(argv):
   del argv
   history, item_codes, num_codes = load_histories(_DATASET.value, _DATA_DIR.value)
@@ -81,26 +58,27 @@ def main(argv):
   cfg = decoder.DecoderConfig(
       num_levels=num_levels, num_codes=num_codes, max_history=max_history,
       num_layers=_LAYERS.value, d_model=_D_MODEL.value, num_heads=_HEADS.value,
-      d_ff=4 * _D_MODEL.value, dropout=0.0)
+      d_ff=4 * _D_MODEL.value, dropout=0.0, dtype=_DTYPE.value)
   params = decoder.init_params(cfg, jax.random.PRNGKey(0))
   trie = trie_lib.build_trie(item_codes, num_codes)
   batch_size = min(_BATCH_SIZE.value, num_users)
 
   search.beam_search_split(params, cfg, trie, history[:batch_size], _BEAMS.value, batch_size)
-  peak = matmul_peak()
+  dtype = jnp.dtype(_DTYPE.value)
+  peak = matmul_peak(dtype=dtype)
   start = time.perf_counter()
   codes, _ = search.beam_search_split(params, cfg, trie, history, _BEAMS.value, batch_size)
   wall = time.perf_counter() - start
   valid = np.asarray(trie_lib.is_valid_sid(trie, codes))
   logging.info('decoded %d users; valid SIDs per user: min %d', num_users, valid.sum(1).min())
 
-  peak = max(peak, matmul_peak())  # the CPU may be shared: take the better of two probes
+  peak = max(peak, matmul_peak(dtype=dtype))  # the CPU may be shared: take the better of two probes
   flop_per_s = beam_search_flops(cfg, _BEAMS.value) * num_users / wall
   print(json.dumps({
       'users_per_s': num_users / wall, 'n_users': num_users, 'flop_per_s': flop_per_s,
       'peak_flop_per_s': peak, 'flop_utilization': flop_per_s / peak, 'beams': _BEAMS.value,
       'layers': cfg.num_layers, 'd_model': cfg.d_model, 'heads': cfg.num_heads,
-      'batch_size': batch_size, 'wall_s': wall, 'device': str(jax.devices()[0].device_kind),
+      'batch_size': batch_size, 'wall_s': wall, 'dtype': _DTYPE.value, 'device': str(jax.devices()[0].device_kind),
   }))
 
 

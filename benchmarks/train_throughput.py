@@ -17,9 +17,11 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from flops import train_flops  # pylint: disable=g-bad-import-order
 from vstar_jax import default_config
 from vstar_jax.data import batching
 from vstar_jax.data import loading
+from vstar_jax.model import backbone
 from vstar_jax.model import decoder
 from vstar_jax.train import sft
 from vstar_jax.train import state as state_lib
@@ -30,14 +32,8 @@ _BATCH = flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps.')
 _D_MODEL = flags.DEFINE_integer('d_model', 128, 'Model width (d_ff = 4 D).')
 _LAYERS = flags.DEFINE_integer('layers', 4, 'Transformer blocks.')
-
-
-def train_flops(cfg: decoder.DecoderConfig, batch: int) -> float:
-  """Matmul FLOPs of one step (forward + backward = 3x forward), attention included."""
-  tokens = cfg.prompt_len + cfg.num_levels + 1
-  d, f = cfg.d_model, cfg.d_ff
-  per_layer = tokens * 2 * (4 * d * d + 2 * d * f) + 4 * tokens * tokens * d
-  return 3.0 * batch * (cfg.num_layers * per_layer + 2 * cfg.num_levels * d * cfg.num_codes)
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'Compute dtype (model.dtype; parameters and optimizer state stay float32).')
 
 
 def main(argv):
@@ -46,8 +42,9 @@ def main(argv):
   config.dataset, config.data_dir = _DATASET.value, _DATA_DIR.value
   config.model.d_model, config.model.d_ff, config.model.num_layers = (
       _D_MODEL.value, 4 * _D_MODEL.value, _LAYERS.value)
+  config.model.dtype = _DTYPE.value
   dataset = loading.load(config)
-  cfg = sft.decoder_config(config, dataset)
+  cfg = backbone.model_config(config, dataset)
   history, target = batching.training_rows(dataset, ('train',))
   optimizer = state_lib.make_optimizer(1e-3, 10, 1000, 0.1)
   state = state_lib.TrainState.create(decoder.init_params(cfg, jax.random.key(0)), optimizer,
@@ -69,7 +66,8 @@ def main(argv):
       'flop_per_s': train_flops(cfg, _BATCH.value) / seconds,
       'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
-      'layers': cfg.num_layers, 'd_model': cfg.d_model, 'device': jax.devices()[0].platform}))
+      'layers': cfg.num_layers, 'd_model': cfg.d_model, 'dtype': cfg.dtype,
+      'device': jax.devices()[0].platform}))
 
 
 if __name__ == '__main__':

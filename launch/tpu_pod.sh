@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs one vstar_jax command on every worker of a Cloud TPU VM pod slice (design §6).
 #
-# Every host must run the same command with the same flags: the RL loop calls
-# jax.distributed.initialize() (no arguments needed on Cloud TPU) and assembles host-local
+# Every host must run the same command with the same flags: main calls
+# jax.distributed.initialize() (config.distributed; no arguments needed on Cloud TPU) and assembles host-local
 # batches into global arrays. See usage() or launch/README.md.
 set -euo pipefail
 
@@ -16,7 +16,7 @@ usage() {
   cat <<'EOF'
 Usage: launch/tpu_pod.sh --name=NAME [options] -- MAIN_FLAGS...
 
-Runs `python -m vstar_jax.main MAIN_FLAGS... --config.rl.distributed=True` on every worker of
+Runs `python -m vstar_jax.main MAIN_FLAGS... --config.distributed.enabled=True` on every worker of
 the Cloud TPU VM NAME (gcloud compute tpus tpu-vm ssh NAME --worker=all). Relative paths in
 MAIN_FLAGS and --data-dir are resolved in the checkout on the workers (--remote-dir).
 
@@ -211,4 +211,4 @@ fi
 
 echo "== running on every worker" >&2
 on_all_workers "cd $R && VSTAR_DATA_DIR=$(quote "$DATA_DIR") .venv/bin/python -m vstar_jax.main\
- $(join_quoted "${MAIN_ARGS[@]}") --config.rl.distributed=True"
+ $(join_quoted "${MAIN_ARGS[@]}") --config.distributed.enabled=True"

@@ -80,7 +80,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     restored, meta = ckpt.restore_latest(template)
   assert isinstance(restored, state_lib.TrainState)
   _assert_same(restored, saved)
-  assert meta == {'stage': 'sft', 'epoch_size': 4}
+  assert meta == {'stage': 'sft', 'epoch_size': 4, 'step': 3}  # the step restored is added
   assert int(restored.step) == 3 and restored.rng.dtype == jnp.uint32
   for leaf, ref in zip(jax.tree.leaves(restored), jax.tree.leaves(template)):
     assert isinstance(leaf, jax.Array) and leaf.sharding == ref.sharding
@@ -93,7 +93,7 @@ def test_restore_takes_template_dtype_and_accepts_abstract_template(tmp_path):
     bf16 = saved.replace(params=jax.tree.map(lambda p: p.astype(jnp.bfloat16), saved.params))
     restored, meta = ckpt.restore_latest(bf16)
     abstract, _ = ckpt.restore_latest(jax.eval_shape(lambda: saved))
-  assert meta == {}
+  assert meta == {'step': 1}
   _assert_same(restored.params, bf16.params)
   _assert_same(restored.opt_state, saved.opt_state)
   _assert_same(abstract, saved)
@@ -295,7 +295,7 @@ _RESTORE_SHARDED = textwrap.dedent('''
         t._state(0))
     with ckpt_lib.Checkpointer(sys.argv[1]) as ckpt:
       state, meta = ckpt.restore_latest(template)
-    assert meta == {'where': 'parent'}, meta
+    assert meta == {'where': 'parent', 'step': 5}, meta
     for leaf, ref in zip(jax.tree.leaves(state), jax.tree.leaves(template)):
       assert leaf.sharding == ref.sharding, (leaf.sharding, ref.sharding)
     assert state.params['dense']['b'].sharding.spec == P('data')

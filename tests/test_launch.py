@@ -62,7 +62,7 @@ def _setup_command(source, data_dir='data/amazon'):
 _COPY_SOURCE = ['mkdir -p vstar_jax', 'tar -xzf vstar_jax-src.tgz -C vstar_jax', 'rm vstar_jax-src.tgz']
 _RUN_REMOTE = ('cd vstar_jax && VSTAR_DATA_DIR=data/amazon .venv/bin/python -m vstar_jax.main'
                " --config=configs/amazon.py:industrial --workdir=workdirs/x --config.mode=rl"
-               " '--config.note=it'\"'\"'s a b' --config.rl.distributed=True")
+               " '--config.note=it'\"'\"'s a b' --config.distributed.enabled=True")
 
 
 def _tpu_expected(tmp, data, flags=('--zone=us-central2-b', '--project=proj')):
@@ -92,7 +92,7 @@ def test_tpu_dry_run_prints_every_command(tmp_path):
   assert proc.stdout.splitlines() == _tpu_expected(tmp_path, '/data/amazon')
   # The remote shell hands main the arguments unchanged, the one with spaces and a quote included.
   remote = shlex.split(proc.stdout.splitlines()[-1])[-1].removeprefix('--command=')
-  assert shlex.split(remote)[7:] == MAIN_ARGS + ['--config.rl.distributed=True']
+  assert shlex.split(remote)[7:] == MAIN_ARGS + ['--config.distributed.enabled=True']
 
 
 def test_tpu_reuse_with_git_and_skip_setup(tmp_path):
@@ -102,7 +102,7 @@ def test_tpu_reuse_with_git_and_skip_setup(tmp_path):
            'git -C vstar_jax fetch --quiet origin', 'git -C vstar_jax checkout --quiet --detach v1']
   ssh = [*TPU, 'ssh', 'pod', '--worker=all']
   run = ('cd vstar_jax && VSTAR_DATA_DIR=/mnt/data .venv/bin/python -m vstar_jax.main'
-         ' --config=c --workdir=w --config.rl.distributed=True')
+         ' --config=c --workdir=w --config.distributed.enabled=True')
   assert proc.stdout.splitlines() == [
       shlex.join([*ssh, '--command=' + _setup_command(clone, data_dir=None)]),
       shlex.join([*ssh, '--command=' + run])]
@@ -195,7 +195,7 @@ def test_tpu_real_run_executes_what_dry_run_prints(tmp_path):
   assert (worker / 'uv.log').read_text().splitlines() == [
       'venv --python 3.11 .venv', 'pip install --python .venv/bin/python -e . jax[tpu]==0.10.2']
   ran = json.loads((worker / 'main.json').read_text())
-  assert ran == {'argv': ['-m', 'vstar_jax.main', *MAIN_ARGS, '--config.rl.distributed=True'],
+  assert ran == {'argv': ['-m', 'vstar_jax.main', *MAIN_ARGS, '--config.distributed.enabled=True'],
                  'cwd': str(checkout), 'data': 'data/amazon'}
 
 
@@ -209,7 +209,7 @@ def test_tpu_git_checkout_on_worker(tmp_path):
   assert subprocess.run(['git', '-C', str(checkout), 'rev-parse', 'HEAD'], capture_output=True,
                         text=True, check=True).stdout.strip() == head
   assert (checkout / 'vstar_jax' / 'main.py').is_file()
-  assert json.loads((worker / 'main.json').read_text())['argv'][-1] == '--config.rl.distributed=True'
+  assert json.loads((worker / 'main.json').read_text())['argv'][-1] == '--config.distributed.enabled=True'
 
 
 # ---------------------------------------------------------------- gpu.sh

@@ -79,3 +79,37 @@ def test_impossible_beam_count_is_rejected_before_work(tmp_path):
   assert proc.returncode != 0
   assert '--config.eval.num_beams=100 exceeds the 40 distinct SIDs' in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mount)],
+                    capture_output=True).returncode:
+    pytest.skip('cannot mount a small tmpfs here (needs root)')
+  yield mount
+  subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_record_is_finished_or_marked_later(small_disk):
+  """SFT's first checkpoint does not fit on the 1 MiB disk: one line naming the cause and the
+  resume, no traceback; the run record says it failed (or, when even that could not be
+  written, the next run marks it killed)."""
+  workdir = small_disk / 'w'
+  proc = subprocess.run(_cmd(workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: no space left on the device') and 'run the same command' in last
+  assert 'MiB free' in last  # the checkpoint's size and the free space, checked before writing
+  assert len([l for l in proc.stderr.splitlines() if l.startswith(('E', 'error'))]) < 10
+  record, = [json.loads(p.read_text()) for p in (workdir / 'runs').glob('*.json')]
+  if record['status'] == 'running':  # the disk had no room for the record's last write
+    from vstar_jax import workdir as workdir_lib
+    assert workdir_lib.mark_dead_runs(workdir)
+    record, = [json.loads(p.read_text()) for p in (workdir / 'runs').glob('*.json')]
+    assert record['status'] == 'killed'
+  else:
+    assert record['status'] == 'failed' and record['exit_code'] == 1

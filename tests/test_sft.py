@@ -1,6 +1,16 @@
-"""SFT: learns the synthetic signal, and a resumed run equals an uninterrupted one bit-for-bit."""
+"""SFT: learns the synthetic signal, a resumed run equals an uninterrupted one bit-for-bit, and
+data-parallel SFT on 4 simulated devices equals SFT on 1 device with the same global batch.
 
+Run as a script (`python tests/test_sft.py OUT_DIR`, with 4 simulated devices) this module
+trains the sharded run and saves its params; the test compares them with this process's
+single-device run.
+"""
+
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -46,7 +56,6 @@ def test_resume_after_interruption_is_bit_identical(small_data, tmp_path):
   assert full.steps == resumed.steps == 2 * steps_per_epoch
   jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
   # The metrics log holds each step once, as the uninterrupted run's does.
-  import json
   steps = [json.loads(l)['step'] for l in (tmp_path / 'cut' / 'metrics.jsonl').read_text().splitlines()
            if 'loss' in json.loads(l)]
   assert steps == sorted(set(steps))
@@ -118,3 +127,47 @@ def test_drop_history_items_masks_whole_items_but_never_the_last():
   assert masked[:5, :4].all()
   assert abs(masked[5:, :-1].mean() - 0.3) < 0.01
   np.testing.assert_array_equal(sft.drop_history_items(history, 0.0, jax.random.key(1)), history)
+
+
+def sharded_config():
+  """Dropout, EMA and history dropout on: every random draw must not depend on the sharding."""
+  config = tiny_config(epochs=2)
+  config.sft.ema_decay, config.sft.history_dropout = 0.9, 0.2
+  config.sft.checkpoint_every_steps = 0
+  return config
+
+
+def test_sft_on_four_devices_equals_one_device(small_data, tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.Popen([sys.executable, __file__, str(tmp_path / 'four')], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  one = sft.train(sharded_config(), small_data, tmp_path / 'one')
+  log = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, log[-4000:]
+  four = dict(np.load(tmp_path / 'four' / 'params.npz'))
+  flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(one.params)[0]}
+  assert sorted(flat) == sorted(four)
+  moved = 0.0
+  for key, value in flat.items():
+    np.testing.assert_allclose(four[key], value, rtol=1e-4, atol=2e-6, err_msg=key)
+    moved = max(moved, float(np.abs(value).max()))
+  assert moved > 0
+  records = {name: [r for r in metrics_log.MetricsLog(tmp_path / name).read('sft')]
+             for name in ('one', 'four')}
+  assert [r['step'] for r in records['one']] == [r['step'] for r in records['four']]
+  for a, b in zip(records['one'], records['four']):
+    for key in ('loss', 'valid_NDCG@10', 'valid_HR@10'):
+      if key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, err_msg=f'step {a["step"]} {key}')
+
+
+if __name__ == '__main__':
+  assert jax.device_count() == 4, jax.devices()
+  out = pathlib.Path(sys.argv[1])
+  data = synthetic.make_dataset(num_items=120, num_users=150, num_codes=8, seq_len=8)
+  result = sft.train(sharded_config(), data, out)
+  flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(result.params)[0]}
+  np.savez(out / 'params.npz', **flat)

@@ -47,18 +47,32 @@ def test_recorded_config_restores_onto_todays_defaults(tmp_path):
 def test_resolve_takes_the_model_from_the_record_and_the_rest_from_the_command(tmp_path):
   trained = default_config.base_config()
   trained.model.d_model, trained.seed, trained.data_dir = 64, 3, '/data/at/training'
-  trained.rl.lr, trained.rl.ved.selection = 3e-5, 'ucb'
+  trained.rl.lr, trained.ved.selection = 3e-5, 'ucb'
   workdir.record_training(tmp_path, trained)
   command = default_config.base_config()
-  command.mode, command.eval.num_beams, command.rl.distributed = 'eval', 20, True
-  command.rl.ved.selection = 'best_first'       # a decoding choice: the command's
+  command.mode, command.eval.num_beams, command.distributed.enabled = 'eval', 20, True
+  command.ved.selection = 'best_first'       # a decoding choice: the command's
   resolved = workdir.resolve_config(command, tmp_path)
   assert (resolved.model.d_model, resolved.seed, resolved.data_dir) == (64, 3, '/data/at/training')
-  assert (resolved.mode, resolved.eval.num_beams, resolved.rl.distributed) == ('eval', 20, True)
-  assert (resolved.rl.lr, resolved.rl.ved.selection) == (3e-5, 'best_first')
+  assert (resolved.mode, resolved.eval.num_beams, resolved.distributed.enabled) == ('eval', 20, True)
+  assert (resolved.rl.lr, resolved.ved.selection) == (3e-5, 'best_first')
   assert command.model.d_model == 128  # the command's config is not modified
   command.data_dir = '/data/moved'
   assert workdir.resolve_config(command, tmp_path).data_dir == '/data/moved'
+
+
+def test_records_from_before_a_knob_moved_still_resolve(tmp_path):
+  old = default_config.base_config().to_dict()
+  del old['distributed'], old['ved']
+  old['rl']['distributed'] = True  # where the launch switch lived before config.distributed
+  old['rl']['ved'] = dict(default_config.ved_config().to_dict(), selection='ucb', width=4)
+  old['rl']['value_targets'] = 'reward'  # renamed rl.value_target, values renamed too
+  old['rl'].pop('value_target', None)
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(old))
+  recorded = workdir.training_config(tmp_path)
+  assert 'distributed' not in recorded.rl and recorded.distributed.enabled is False
+  assert 'ved' not in recorded.rl and (recorded.ved.selection, recorded.ved.width) == ('ucb', 4)
+  assert 'value_targets' not in recorded.rl and recorded.rl.value_target == 'rl_reward'
 
 
 def test_a_stopped_first_training_is_found_in_its_invocation_record(tmp_path):
@@ -188,3 +202,53 @@ def test_recommend_on_a_read_only_workdir(trained_workdir, tmp_path):
   finally:
     for path in [w, *w.rglob('*')]:
       path.chmod(path.stat().st_mode | 0o200)
+
+
+def _corrupt(step_dir: pathlib.Path) -> None:
+  """Truncates every array file of a checkpoint step (its metadata stays)."""
+  for path in (step_dir / 'state').rglob('*'):
+    if path.is_file() and 'metadata' not in path.name:
+      path.write_bytes(b'')
+
+
+def test_eval_of_a_corrupt_newest_checkpoint_falls_back_renames_nothing_and_says_which_step(tmp_path):
+  w = tmp_path / 'w'
+  run_main(*TINY_SYNTHETIC, f'--workdir={w}', '--config.mode=sft', '--config.sft.epochs=2')
+  kept = _metrics(w)['checkpoint_step']
+  steps = sorted(int(p.name) for p in (w / 'checkpoints' / 'sft').iterdir() if p.name.isdigit())
+  assert kept in steps and len(steps) == 2
+  _corrupt(w / 'checkpoints' / 'sft' / str(kept))
+  listing = sorted(p.name for p in (w / 'checkpoints' / 'sft').iterdir())
+  run_main('--config=configs/synthetic.py', f'--workdir={w}', '--config.mode=eval',
+           '--config.eval.num_beams=10')
+  other, = set(steps) - {kept}
+  assert _metrics(w)['checkpoint_step'] == other       # metrics.json says which step was scored
+  assert sorted(p.name for p in (w / 'checkpoints' / 'sft').iterdir()) == listing  # read-only
+  # The same on a read-only workdir, writing under --out.
+  for path in [w, *w.rglob('*')]:
+    path.chmod(path.stat().st_mode & ~0o222)
+  try:
+    proc = subprocess.run(_read_only([sys.executable, '-m', 'vstar_jax.main',
+                                      '--config=configs/synthetic.py', f'--workdir={w}',
+                                      '--config.mode=eval', '--config.eval.num_beams=10',
+                                      f'--out={tmp_path / "out"}']),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _metrics(tmp_path / 'out')['checkpoint_step'] == other
+  finally:
+    for path in [w, *w.rglob('*')]:
+      path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_a_record_left_running_by_a_dead_process_is_marked_killed(tmp_path):
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  stale = workdir.Invocation(tmp_path, 'sft', ['main'], tmp_path)
+  stale.record['pid'] = int(dead.stdout)              # as if that process had been SIGKILLed
+  workdir.files.write_json_atomic(stale.record_path, stale.record)
+  live = workdir.Invocation(tmp_path, 'eval', ['main'], tmp_path)   # a later run notices it
+  records = {r['mode']: r for r in _records(tmp_path)}
+  assert records['sft']['status'] == 'killed' and 'without finishing' in records['sft']['error']
+  assert records['eval']['status'] == 'running'       # its own, alive: untouched
+  live.finish('ok', 0)
+  stale.finish('ok', 0)

@@ -7,6 +7,7 @@ training, 2 a user error (one line on stderr, no traceback), 130 interrupted (Ct
 from __future__ import annotations
 
 import ast
+import errno
 import pathlib
 import re
 import sys
@@ -23,6 +24,8 @@ MODES = {  # default_config.MODES, described
     'eval': 're-evaluate the newest checkpoint -> W/eval/<stage>_test/ (read-only: --out)',
     'recommend': 'top-N items with titles (--config.recommend.history=12,55,301) -> '
                  'W/recommend.json (read-only: --out)',
+    'export': 'the newest model as a Hugging Face folder (model.backbone=hf) -> W/export/hf/ '
+              '(read-only: --out)',
     'all': 'baseline, sft, rl in order (the default)',
 }
 HELP_FLAGS = ('-h', '-help', '--help', '-?', '--helpshort', '--helpfull')
@@ -71,8 +74,10 @@ def one_line(text: str) -> str:
   return ' '.join(lines)
 
 
-def _misspelt(error: AttributeError, argv: list[str]) -> str:
-  """`--config.sft.epocs=3` -> '--config.sft.epocs: no such setting (did you mean --config.sft.epochs?)'."""
+def _misspelt(error: Exception, argv: list[str]) -> str:
+  """`--config.sft.epocs=3` -> '--config.sft.epocs: no such setting (did you mean --config.sft.epochs?)';
+  the same for a misspelt section (`--config.sfft.epochs`, which ml_collections reports as a
+  KeyError rather than an AttributeError)."""
   text = str(error).replace('\\n', '\n').replace("\\'", "'")
   wrong = re.search(r"'(\w+)'", text)
   guess = re.search(r'Did you mean "(\w+)"', text)
@@ -84,6 +89,22 @@ def _misspelt(error: AttributeError, argv: list[str]) -> str:
     parts[parts.index(wrong.group(1))] = guess.group(1)
     hint = f' (did you mean {".".join(parts)}?)'
   return f'{flag}: no such setting{hint}; --print_config lists every setting'
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(error: BaseException) -> bool:
+  """Whether `error` (or an error it was raised from) is a full disk or quota."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+      return True
+    if any(text in str(error) for text in ('No space left on device', 'Disk quota exceeded')):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def fail(message: str, code: int = USER_ERROR) -> None:
@@ -100,9 +121,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(0)
   try:
     rest = flags.FLAGS(argv)
-  except AttributeError as e:  # ml_collections: an override of a key the config lacks
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks
     fail(_misspelt(e, argv))
-  except (flags.Error, OSError, ValueError, TypeError, KeyError) as e:
+  except (flags.Error, OSError, ValueError, TypeError) as e:
     fail(str(e))
   if len(rest) > 1:
     fail(f'unexpected arguments {rest[1:]} (settings are --config.KEY=VALUE)')

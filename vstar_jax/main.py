@@ -10,16 +10,16 @@ import os
 import pathlib
 import shlex
 import sys
+import threading
 import time
 import traceback
 
 from absl import app, flags, logging
-import jax
 from ml_collections import config_flags
 
 from vstar_jax import cli
+from vstar_jax import distributed
 from vstar_jax import interrupts
-from vstar_jax import parallel
 from vstar_jax import pipeline
 from vstar_jax import recommender
 from vstar_jax import workdir as workdir_lib
@@ -64,9 +64,22 @@ def run_mode(config, workdir: pathlib.Path, out: pathlib.Path) -> None:
     pipeline.run(config, workdir, out)
 
 
+def quiet_background_threads() -> None:
+  """An exception that ends a library's background thread (orbax's save threads after a failed
+  save, its event loops at exit) is logged in one line instead of a traceback on stderr: the
+  main thread reports what failed. vstar_jax starts no thread whose traceback would be lost."""
+  def hook(args):
+    if args.exc_type is SystemExit:
+      return
+    logging.warning('background thread %s ended: %s: %s', getattr(args.thread, 'name', '?'),
+                    args.exc_type.__name__, cli.one_line(str(args.exc_value))[:300])
+  threading.excepthook = hook
+
+
 def main(argv):
   del argv  # cli.parse_flags refused any stray argument
   interrupts.install()  # Ctrl-C waits for a checkpoint call in flight, then stops the run
+  quiet_background_threads()
   logging.get_absl_handler().addFilter(workdir_lib.QuietLibraries())
   try:
     config = command_config()
@@ -78,48 +91,64 @@ def main(argv):
     if not _WORKDIR.value:
       raise cli.UserError('--workdir is required (--help)')
     workdir = pathlib.Path(_WORKDIR.value)
-    out = workdir_lib.output_dir(workdir, config.mode, _OUT.value)
+    out = workdir_lib.output_dir(workdir, config.mode, _OUT.value,
+                                 pretrained=config.model.backbone == 'hf')
   except USER_ERRORS as e:
     cli.fail(str(e))
   except KeyboardInterrupt:
     cli.fail('interrupted (Ctrl-C) before the run started', cli.INTERRUPTED)
-  parallel.initialize_distributed(config.rl.distributed)  # multi-host: before anything touches JAX
-  if config.rl.distributed and jax.process_index() != 0:
-    run_mode(with_training_config(config, workdir), workdir, out)  # process 0 records the run
-    return 0
+  distributed.initialize(config.distributed)  # multi-process: before anything touches a device
+  writer = distributed.is_writer()  # process 0 records the run and writes its outputs
   command = shlex.join(['python', '-m', 'vstar_jax.main', *sys.argv[1:]])
   try:
-    lock = None if config.mode in workdir_lib.READ_ONLY_MODES else workdir_lib.Lock(workdir, command)
+    lock = (workdir_lib.Lock(workdir, command)
+            if writer and config.mode not in workdir_lib.READ_ONLY_MODES else None)
   except workdir_lib.WorkdirBusy as e:
+    distributed.report_error(f'error: {cli.one_line(e)}', cli.USER_ERROR)
     cli.fail(str(e))
-  invocation = workdir_lib.Invocation(out, config.mode, sys.argv, workdir)
+  invocation = workdir_lib.Invocation(out, config.mode, sys.argv, workdir, write=writer)
   try:
     config = with_training_config(config, workdir)
     invocation.set_config(config)
     run_mode(config, workdir, out)
-    table = summary.table([workdir, out], config.eval.split, invocation.start)
+    table = summary.table([workdir, out], config.eval.split, invocation.start) if writer else ''
     if table:
       print(table)
       invocation.note(table)
-  except KeyboardInterrupt:
-    kept = (f'; the checkpoints under {workdir}/checkpoints are kept: run the same command to '
-            'resume' if config.mode not in workdir_lib.READ_ONLY_MODES else '')
-    stop(invocation, lock, 'interrupted', cli.INTERRUPTED, f'interrupted (Ctrl-C){kept}')
-  except USER_ERRORS as e:
-    invocation.note(traceback.format_exc())
-    stop(invocation, lock, 'user_error', cli.USER_ERROR, f'error: {cli.one_line(e)}')
-  except run_loop.TrainingDiverged as e:
-    stop(invocation, lock, 'failed', 1, f'error: {cli.one_line(e)}')
-  except BaseException as e:
-    invocation.note(traceback.format_exc())
-    invocation.finish('failed', 1, repr(e))
-    if lock:
-      lock.release()
-    raise
+  except BaseException as e:  # pylint: disable=broad-except
+    ending = how_it_ended(e, config.mode, workdir)
+    if ending is None:  # a bug: the traceback is kept
+      distributed.report_error(f'error: {cli.one_line(repr(e))}', 1)
+      invocation.note(traceback.format_exc())
+      invocation.finish('failed', 1, repr(e))
+      if lock:
+        lock.release()
+      raise
+    if ending[0] == 'user_error':
+      invocation.note(traceback.format_exc())
+    stop(invocation, lock, *ending)
   invocation.finish('ok', 0)
   if lock:
     lock.release()
   return 0
+
+
+def how_it_ended(error: BaseException, mode: str, workdir: pathlib.Path):
+  """(status, exit code, one-line message) of an expected ending, or None for a bug."""
+  resume = (f'; the checkpoints under {workdir}/checkpoints are kept: run the same command to '
+            'resume' if mode not in workdir_lib.READ_ONLY_MODES else '')
+  if isinstance(error, KeyboardInterrupt):
+    return 'interrupted', cli.INTERRUPTED, f'interrupted (Ctrl-C){resume}'
+  if cli.out_of_space(error):
+    again = ('; the run resumes from its last complete checkpoint'
+             if mode not in workdir_lib.READ_ONLY_MODES else '')
+    return ('failed', 1, f'error: no space left on the device ({cli.one_line(error)}): free '
+            f'some space and run the same command again{again}')
+  if isinstance(error, USER_ERRORS):
+    return 'user_error', cli.USER_ERROR, f'error: {cli.one_line(error)}'
+  if isinstance(error, run_loop.TrainingDiverged):
+    return 'failed', 1, f'error: {cli.one_line(error)}'
+  return None
 
 
 def stop(invocation, lock, status: str, code: int, message: str) -> None:
@@ -128,10 +157,15 @@ def stop(invocation, lock, status: str, code: int, message: str) -> None:
   os._exit, at once, without JAX's and orbax's exit handlers: after a failed restore orbax's
   threads print 'Event loop is closed' tracebacks at a normal exit, which would bury the one
   line. Pending work is abandoned; a checkpoint being written stays a temporary that the next
-  run deletes, and the last committed one is kept.
+  run deletes, and the last committed one is kept. In a multi-process run every other process
+  exits with the same message (distributed.report_error).
   """
-  invocation.note(message)
-  invocation.finish(status, code, message)
+  distributed.report_error(message, code)
+  try:
+    invocation.note(message)
+    invocation.finish(status, code, message)
+  except OSError:  # a full disk: the next run marks this record as killed
+    pass
   if lock:
     lock.release()
   sys.stdout.flush()

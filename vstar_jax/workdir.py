@@ -25,16 +25,23 @@ from absl import logging
 import ml_collections
 
 from vstar_jax import default_config
-from vstar_jax import io
+from vstar_jax import distributed
+from vstar_jax import files
 
 CONFIG_FILE = 'config.json'
 TRAINING_MODES = ('sid', 'sft', 'rl', 'all')
-READ_ONLY_MODES = ('eval', 'recommend')
+READ_ONLY_MODES = ('eval', 'recommend', 'export')
 # What the trained model depends on: eval and recommend take these from the training record.
 RECORDED = ('dataset', 'seed', 'data', 'synthetic', 'sid', 'model', 'sft', 'rl')
-# How this process is launched and how it decodes, not how the model was trained: the VED
-# settings of `--config.eval.decoder=ved` and of the Recommender are the command's.
-FROM_COMMAND = ('rl.distributed', 'rl.ved')
+# Keys older records hold under another name: old key -> (new key, old value -> new value).
+# A record keeps saying how its model was trained after a knob moves or is renamed.
+RENAMED = {
+    'rl.ved': ('ved', {}),
+    'rl.value_targets': ('rl.value_target', {'prefix': 'dense_prefix', 'reward': 'rl_reward'}),
+}
+# Keys older records hold that no config has any more (launch settings, now config.distributed).
+# What is not RECORDED (eval, recommend, ved, distributed) is the command's.
+RETIRED = ('rl.distributed',)
 
 
 class WorkdirError(ValueError):
@@ -42,10 +49,20 @@ class WorkdirError(ValueError):
 
 
 class QuietLibraries(logging_std.Filter):
-  """Drops orbax's per-save INFO chatter; our own progress lines stay readable."""
+  """Drops orbax's per-save INFO chatter, and its warnings and errors are one line each (no
+  traceback: a failing save or restore surfaces in the main thread, which names the cause);
+  our own progress lines stay readable."""
 
   def filter(self, record):
-    return record.levelno >= logging_std.WARNING or '/orbax/' not in record.pathname
+    if record.pathname.endswith('xla_bridge.py') and record.levelno < logging_std.WARNING:
+      return False  # "Unable to initialize backend 'tpu'" on every machine without one
+    if '/orbax/' not in record.pathname:
+      return True
+    if record.levelno < logging_std.WARNING or 'directory is read only' in str(record.msg):
+      return False  # chatter, and the notice every read-only restore (eval, recommend) gets
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    record.msg, record.args = record.getMessage().splitlines()[0][:500], None
+    return True
 
 
 def _merge(into: ml_collections.ConfigDict, values: dict) -> None:
@@ -60,9 +77,30 @@ def _merge(into: ml_collections.ConfigDict, values: dict) -> None:
       into[key] = tuple(value) if isinstance(value, list) else value
 
 
-def _load(path: pathlib.Path) -> ml_collections.ConfigDict:
+def _pop(values: dict, dotted: str):
+  """Removes and returns values[a][b] for 'a.b' (None when absent)."""
+  *sections, name = dotted.split('.')
+  for section in sections:
+    values = values.get(section, {})
+  return values.pop(name, None)
+
+
+def _recorded(values: dict) -> ml_collections.ConfigDict:
+  """A recorded config dict on today's defaults, renamed keys moved, retired keys dropped."""
+  for key in RETIRED:
+    _pop(values, key)
+  for old, (new, value_map) in RENAMED.items():
+    value = _pop(values, old)
+    if value is None:
+      continue
+    *sections, name = new.split('.')
+    target = values
+    for section in sections:
+      target = target.setdefault(section, {})
+    if name not in target:  # a record that has both keeps the new one
+      target[name] = value_map.get(value, value) if isinstance(value, str) else value
   config = default_config.base_config()
-  _merge(config, json.loads(path.read_text(encoding='utf-8-sig')))
+  _merge(config, values)
   return config
 
 
@@ -71,20 +109,19 @@ def training_config(workdir: pathlib.Path) -> ml_collections.ConfigDict | None:
   before it finished) the config of W's newest training invocation; None if W has neither."""
   workdir = pathlib.Path(workdir)
   if (workdir / CONFIG_FILE).is_file():
-    return _load(workdir / CONFIG_FILE)
+    return _recorded(json.loads((workdir / CONFIG_FILE).read_text(encoding='utf-8-sig')))
   runs = sorted((workdir / 'runs').glob('*.json')) if (workdir / 'runs').is_dir() else []
   for path in reversed(runs):
     record = json.loads(path.read_text())
     if record.get('mode') in TRAINING_MODES and record.get('config'):
-      config = default_config.base_config()
-      _merge(config, record['config'])
-      return config
+      return _recorded(record['config'])
   return None
 
 
 def record_training(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """Writes W/config.json: the config of the training that just finished."""
-  io.write_json_atomic(pathlib.Path(workdir) / CONFIG_FILE, config.to_dict(), default=str)
+  """Writes W/config.json: the config of the training that just finished (process 0 only)."""
+  if distributed.is_writer():
+    files.write_json_atomic(pathlib.Path(workdir) / CONFIG_FILE, config.to_dict(), default=str)
 
 
 def flat(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
@@ -111,9 +148,6 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> 
   resolved = ml_collections.ConfigDict(config.to_dict())
   for key in RECORDED:
     resolved[key] = recorded[key]
-  for key in FROM_COMMAND:
-    section, name = key.split('.')
-    resolved[section][name] = config[section][name]
   resolved.data_dir = config.data_dir or recorded.data_dir
   before, after = flat(config), flat(resolved)
   changed = [f'{k}={before[k]!r} -> {after[k]!r}' for k in after if before.get(k) != after[k]]
@@ -131,8 +165,13 @@ def _writable(path: pathlib.Path) -> bool:
   return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
-def output_dir(workdir: pathlib.Path, mode: str, out: str = '') -> pathlib.Path:
-  """Where this invocation writes: W, or --out for a read-only mode (needed when W is read-only)."""
+def output_dir(workdir: pathlib.Path, mode: str, out: str = '',
+               pretrained: bool = False) -> pathlib.Path:
+  """Where this invocation writes: W, or --out for a read-only mode (needed when W is read-only).
+
+  pretrained: the model is a pretrained checkpoint (model.backbone=hf), so eval and recommend
+  may start in a new W (they evaluate the checkpoint as it is).
+  """
   workdir = pathlib.Path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise WorkdirError(f'--workdir={workdir} is a file, not a directory')
@@ -144,7 +183,7 @@ def output_dir(workdir: pathlib.Path, mode: str, out: str = '') -> pathlib.Path:
       raise WorkdirError(f'--workdir={workdir} is not writable (--config.mode={mode} writes '
                          'checkpoints and outputs there)')
     return workdir
-  if not workdir.is_dir():
+  if not workdir.is_dir() and not pretrained:
     raise WorkdirError(f'--workdir={workdir} does not exist: train a model there first '
                        '(--config.mode=sft)')
   if out:
@@ -154,6 +193,7 @@ def output_dir(workdir: pathlib.Path, mode: str, out: str = '') -> pathlib.Path:
   if not _writable(workdir):
     raise WorkdirError(f'--workdir={workdir} is not writable: pass --out=DIR for the '
                        f'{mode} outputs')
+  workdir.mkdir(parents=True, exist_ok=True)
   return workdir
 
 
@@ -185,15 +225,51 @@ class Lock:
     self._file.close()
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
+def mark_dead_runs(root: pathlib.Path) -> list[pathlib.Path]:
+  """Records of this host still 'running' whose process is gone (SIGKILL, out of memory, a
+  full disk when it tried to finish) become status 'killed'; returns the records changed."""
+  changed = []
+  for path in sorted(pathlib.Path(root, 'runs').glob('*.json')):
+    try:
+      record = json.loads(path.read_text())
+    except (OSError, ValueError):
+      continue
+    if (record.get('status') != 'running' or record.get('host') != socket.gethostname()
+        or record.get('pid') == os.getpid() or _alive(int(record.get('pid', 0)))):
+      continue
+    record.update(status='killed', exit_code=None,
+                  error='the process ended without finishing this record (killed, out of '
+                        f'memory or out of disk); noticed at {time.strftime("%Y-%m-%dT%H:%M:%S%z")}')
+    files.write_json_atomic(path, record, default=str)
+    changed.append(path)
+  return changed
+
+
 def _stamp(t: float) -> str:
   return time.strftime('%Y%m%d-%H%M%S', time.localtime(t)) + f'.{int(t * 1000) % 1000:03d}'
 
 
 class Invocation:
-  """This command's record (runs/<stamp>-<mode>.json) and log (logs/<stamp>-<mode>.log) under `root`."""
+  """This command's record (runs/<stamp>-<mode>.json) and log (logs/<stamp>-<mode>.log) under `root`.
 
-  def __init__(self, root: pathlib.Path, mode: str, argv: list[str], workdir: pathlib.Path):
+  write=False (the processes of a multi-process run but process 0) keeps the record in memory
+  only: one writer per run.
+  """
+
+  def __init__(self, root: pathlib.Path, mode: str, argv: list[str], workdir: pathlib.Path,
+               write: bool = True):
     self.start = time.time()
+    self.write = write
     name = f'{_stamp(self.start)}-{mode}'
     root = pathlib.Path(root)
     self.record_path = root / 'runs' / f'{name}.json'
@@ -202,7 +278,11 @@ class Invocation:
                    'host': socket.gethostname(), 'workdir': str(workdir), 'out': str(root),
                    'start': time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(self.start)),
                    'status': 'running', 'log': str(self.log_path.relative_to(root)), 'config': None}
-    io.write_json_atomic(self.record_path, self.record)
+    self._handler = None
+    if not write:
+      return
+    mark_dead_runs(root)
+    files.write_json_atomic(self.record_path, self.record)
     self.log_path.parent.mkdir(parents=True, exist_ok=True)
     self._handler = logging_std.FileHandler(self.log_path, encoding='utf-8')
     self._handler.setFormatter(logging.PythonFormatter())
@@ -212,10 +292,13 @@ class Invocation:
   def set_config(self, config: ml_collections.ConfigDict) -> None:
     """Records the resolved config this invocation runs with."""
     self.record['config'] = config.to_dict()
-    io.write_json_atomic(self.record_path, self.record, default=str)
+    if self.write:
+      files.write_json_atomic(self.record_path, self.record, default=str)
 
   def note(self, text: str) -> None:
     """Plain text into the log only (an error already printed, the summary table)."""
+    if self._handler is None:
+      return
     self._handler.acquire()
     try:
       self._handler.stream.write(text.rstrip('\n') + '\n')
@@ -229,6 +312,9 @@ class Invocation:
     self.record.update(status=status, exit_code=exit_code, error=error,
                        end=time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(end)),
                        wall_s=round(end - self.start, 3))
-    io.write_json_atomic(self.record_path, self.record, default=str)
+    if self._handler is None:
+      return
+    files.write_json_atomic(self.record_path, self.record, default=str)
     logging_std.getLogger().removeHandler(self._handler)
     self._handler.close()
+    self._handler = None

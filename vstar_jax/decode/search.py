@@ -1,9 +1,11 @@
-"""The decoder's searches, jitted: constrained beam search, sampling and VED, over a batch or a
-whole split.
+"""The policy's searches, jitted: constrained beam search, sampling and VED, over a batch or a
+whole split, for either backbone (model.backbone).
 
-decode.beam and decode.ved are model-agnostic; this module binds them to the decoder
-(model.policy), checks that trie and decoder agree on the SID shape, and runs whole splits
-in fixed-size batches (one compilation) with a progress line.
+decode.beam and decode.ved are model-agnostic; this module binds them to the model's policy
+functions, checks that trie and model agree on the SID shape, and runs whole splits in
+fixed-size batches (one compilation), data-parallel over every device, with a progress line.
+On the Hugging Face backbone, beam search ranks as MiniOneRec's evaluation does (the L code
+steps plus the forced tail; decode.hf_beam).
 """
 
 from __future__ import annotations
@@ -14,44 +16,48 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 
+from vstar_jax import parallel
 from vstar_jax.decode import beam as beam_lib
+from vstar_jax.decode import hf_beam
 from vstar_jax.decode import sampling as sampling_lib
 from vstar_jax.decode import ved as ved_lib
-from vstar_jax.model import decoder
-from vstar_jax.model import policy
+from vstar_jax.model import backbone
 from vstar_jax.sid import trie as trie_lib
 
 
-def check_trie(cfg: decoder.DecoderConfig, trie: trie_lib.Trie) -> None:
-  """Rejects a trie whose SID length or codebook size differs from the decoder's."""
+def check_trie(cfg, trie: trie_lib.Trie) -> None:
+  """Rejects a trie whose SID length or codebook size differs from the model's."""
   if (trie.num_levels, trie.num_codes) != (cfg.num_levels, cfg.num_codes):
     raise ValueError(f'trie has L={trie.num_levels}, K={trie.num_codes}; the decoder has '
                      f'L={cfg.num_levels}, K={cfg.num_codes}')
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'num_beams'))
-def beam_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
-                num_beams: int):
-  """Top-`num_beams` valid SIDs per user of history [B, T, L] (-1 for missing items).
+def beam_search(params, cfg, trie: trie_lib.Trie, history: jnp.ndarray, num_beams: int):
+  """Top-`num_beams` valid SIDs per user of history (the model's inputs: codes [B, T, L], -1 for
+  missing items; or prompt ids [B, P]).
 
   Returns:
     codes [B, W, L] int32 (distinct valid SIDs, -1 in the tail) and scores [B, W]
     float32 (sum of log-probs) sorted descending (-inf in the tail).
   """
   check_trie(cfg, trie)
-  state, step = policy.beam_policy(params, cfg, history)
+  if backbone.is_hf(cfg):
+    return hf_beam.beam_search(params, cfg, trie, history, num_beams)
+  state, step = backbone.beam_policy(params, cfg, history)
   return beam_lib.beam_search(step, state, trie, history.shape[0], num_beams)
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'num_samples'))
-def sample_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
+def sample_search(params, cfg, trie: trie_lib.Trie, history: jnp.ndarray,
                   keys: jnp.ndarray, num_samples: int):
   """`num_samples` SIDs per user of history [B, T, L] drawn from the constrained policy, with
   per-user keys [B] (decode.sampling): codes [B, G, L] int32, log-probs [B, G] float32."""
   check_trie(cfg, trie)
-  state, step = policy.beam_policy(params, cfg, history)
+  state, step = backbone.beam_policy(params, cfg, history)
   return sampling_lib.sample(step, state, trie, history.shape[0], num_samples, keys)
 
 
@@ -62,7 +68,7 @@ def user_keys(key: jax.Array, user_index: jnp.ndarray) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'vcfg', 'keep_tree'))
-def ved_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: jnp.ndarray,
+def ved_search(params, cfg, trie: trie_lib.Trie, history: jnp.ndarray,
                keys: jnp.ndarray, vcfg: ved_lib.VedConfig,
                keep_tree: bool = False) -> ved_lib.VedOutput:
   """VED (paper Sec. 4.2) for users history [B, T, L] with per-user keys [B]: one batched search.
@@ -72,76 +78,117 @@ def ved_search(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history:
   the leaf ranking reads it) and the [B, N, ...] arrays never leave the device.
   """
   check_trie(cfg, trie)
-  root_fn, expand_fn = policy.ved_policy(params, cfg, history)
+  root_fn, expand_fn = backbone.ved_policy(params, cfg, history)
   out = ved_lib.ved(root_fn, expand_fn, trie, keys, vcfg)
   return out if keep_tree else out.replace(tree=None)
 
 
-def beam_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie,
+def _sharded(body, mesh: Mesh, num_inputs: int):
+  """jit(shard_map(body)) over the mesh: params and trie on every device, the `num_inputs`
+  per-user inputs split over 'data'. No device talks to another."""
+  in_specs = (P(), P()) + (P(parallel.DATA_AXIS),) * num_inputs
+  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs,
+                               out_specs=P(parallel.DATA_AXIS), check_vma=False))
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_beam(cfg, num_beams: int, mesh: Mesh):
+  """The data-parallel beam search of (cfg, num_beams) on `mesh`, built (and compiled) once."""
+  return _sharded(lambda params, trie, history: beam_search(params, cfg, trie, history, num_beams),
+                  mesh, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_ved(cfg, vcfg: ved_lib.VedConfig, mesh: Mesh):
+  """The data-parallel VED of (cfg, vcfg) on `mesh`: per-user keys from (seed, row id)."""
+  def body(params, trie, history, rows, seed):
+    out = ved_search(params, cfg, trie, history, user_keys(jax.random.key(seed[0]), rows), vcfg)
+    return out.candidates, out.scores, out.num_forwards
+  return _sharded(body, mesh, 3)
+
+
+def beam_search_split(params, cfg, trie: trie_lib.Trie,
                       history: np.ndarray, num_beams: int, batch_size: int,
-                      log_every_s: float = 30.0):
-  """Beam search over a whole split in fixed-size batches (the last one padded).
+                      log_every_s: float = 30.0, mesh: Mesh | None = None):
+  """Beam search over a whole split in fixed-size batches (the last one padded), data-parallel.
 
   Args:
-    params: decoder params pytree.
-    cfg: the DecoderConfig.
+    params: decoder params pytree (host arrays, or replicated on the mesh).
+    cfg: the model's static config (model.backbone.model_config).
     trie: Trie of the catalogue's SIDs.
-    history: [N, T, L] int32 histories of the split's rows.
+    history: [N, T, L] int32 histories of the split's rows (the same on every process).
     num_beams: W.
-    batch_size: users per jitted call (one compilation for the whole split).
+    batch_size: users per jitted call over all devices (rounded up to a multiple of the
+      device count; one compilation for the whole split).
     log_every_s: seconds between progress lines.
+    mesh: the devices to decode on (default: every device of every process); each device
+      searches its share of every batch.
 
   Returns:
-    codes [N, W, L] int32 and scores [N, W] float32 numpy arrays, row order kept.
+    codes [N, W, L] int32 and scores [N, W] float32 numpy arrays (on every process), row
+    order kept.
   """
-  trie = jax.device_put(trie)
-  return _split(lambda h, _: beam_search(params, cfg, trie, h, num_beams), history, batch_size,
-                'beam search', log_every_s)
+  mesh = mesh or parallel.make_mesh()
+  return _split(_sharded_beam(cfg, num_beams, mesh), params, trie, history, (), batch_size,
+                'beam search', log_every_s, mesh)
 
 
-def ved_search_split(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, history: np.ndarray,
+def ved_search_split(params, cfg, trie: trie_lib.Trie, history: np.ndarray,
                      vcfg: ved_lib.VedConfig, batch_size: int, seed: int = 0,
-                     log_every_s: float = 30.0):
+                     log_every_s: float = 30.0, mesh: Mesh | None = None):
   """VED over a whole split in fixed-size batches: codes [N, G, L], scores [N, G], forwards [N].
 
-  User i's key is fold_in(key(seed), i), so a row's result does not depend on the batching.
+  User i's key is fold_in(key(seed), i), so a row's result does not depend on the batching or
+  the number of devices.
   """
-  trie = jax.device_put(trie)
-  key = jax.random.key(seed)
-
-  def run(h, first):
-    out = ved_search(params, cfg, trie, h, user_keys(key, jnp.arange(h.shape[0]) + first), vcfg)
-    return out.candidates, out.scores, out.num_forwards
-
-  return _split(run, history, batch_size, 'VED', log_every_s)
+  mesh = mesh or parallel.make_mesh()
+  return _split(_sharded_ved(cfg, vcfg, mesh), params, trie, history, (seed,), batch_size,
+                'VED', log_every_s, mesh)
 
 
-def _split(fn, history: np.ndarray, batch_size: int, name: str, log_every_s: float):
-  """fn(history batch, first row) over fixed-size batches (last padded; one compilation), the
-  next batch launched before the last one is collected; outputs concatenated in row order."""
+def _split(fn, params, trie, history: np.ndarray, per_user_extra: tuple, batch_size: int,
+           name: str, log_every_s: float, mesh: Mesh):
+  """fn(params, trie, history batch[, row ids, *extra]) over fixed-size sharded batches (last
+  padded; one compilation), the next batch launched before the last one is collected; outputs
+  gathered to every host, concatenated in row order.
+
+  per_user_extra: scalars broadcast to every row (the VED seed), passed with the row ids.
+  """
   history = np.asarray(history, np.int32)
   num_rows = history.shape[0]
+  batch_size = -(-batch_size // mesh.size) * mesh.size
   num_batches = -(-num_rows // batch_size)
   padded = np.concatenate(
       [history, np.repeat(history[-1:], num_batches * batch_size - num_rows, axis=0)])
+  params, trie = parallel.on_mesh(params, mesh), parallel.on_mesh(trie, mesh)
+  extra_rows = ((np.arange(batch_size, dtype=np.int32),)
+                + tuple(np.full(batch_size, x, np.int32) for x in per_user_extra)
+                if per_user_extra else ())
+  mine = parallel.process_rows(batch_size)
   outputs = []
   start = last_log = time.perf_counter()
 
   def collect(result, done):
     nonlocal last_log
-    outputs.append(jax.tree.map(np.asarray, result))
+    outputs.append(parallel.to_host(result))
     now = time.perf_counter()
     if now - last_log >= log_every_s or done == num_rows:
+      # A line every log_every_s while a user waits; the closing line only with -v 1.
+      level = logging.INFO if now - last_log >= log_every_s else logging.DEBUG
       last_log = now
       rate = done / (now - start)
-      logging.info('%s: %d/%d users, %.1f users/s, ETA %.0f s', name, done, num_rows, rate,
-                   (num_rows - done) / rate)
+      logging.log(level, '%s: %d/%d users, %.1f users/s, ETA %.0f s', name, done, num_rows, rate,
+                  (num_rows - done) / rate)
 
   pending = None
   for i in range(num_batches):
-    launched = fn(padded[i * batch_size:(i + 1) * batch_size], i * batch_size)
+    first = i * batch_size
+    inputs = (padded[first:first + batch_size],)
+    if extra_rows:
+      inputs += (extra_rows[0] + first,) + extra_rows[1:]
+    launched = fn(params, trie, *parallel.shard_batch(tuple(x[mine] for x in inputs), mesh))
     if pending is not None:
-      collect(pending, i * batch_size)
+      collect(pending, first)
     pending = launched
   collect(pending, num_rows)
   return tuple(np.concatenate(x)[:num_rows] for x in zip(*outputs))

@@ -6,7 +6,8 @@ import pathlib
 
 import numpy as np
 
-from vstar_jax import io
+from vstar_jax import distributed
+from vstar_jax import files
 from vstar_jax.data import sid_strings
 from vstar_jax.eval import metrics as metrics_lib
 
@@ -31,7 +32,8 @@ def evaluate_and_export(out_dir, pred_codes: np.ndarray, target_sids, target_cod
   result = metrics_lib.evaluate(predictions, targets, catalogue, pred_codes, target_codes)
   if extra:
     result.update(extra)
-  out_dir = pathlib.Path(out_dir)
-  io.write_json_atomic(out_dir / 'predictions.json', prediction_records(predictions, targets))
-  io.write_json_atomic(out_dir / 'metrics.json', result)
+  if distributed.is_writer():  # every process scores; process 0 writes
+    out_dir = pathlib.Path(out_dir)
+    files.write_json_atomic(out_dir / 'predictions.json', prediction_records(predictions, targets))
+    files.write_json_atomic(out_dir / 'metrics.json', result)
   return result

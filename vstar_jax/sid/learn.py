@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vstar_jax import default_config
-from vstar_jax import io
+from vstar_jax import distributed
+from vstar_jax import files
 from vstar_jax.data import sid_strings
 from vstar_jax.sid import codebook
 from vstar_jax.sid import disambiguate
@@ -217,13 +218,20 @@ def learn_sids(embeddings: np.ndarray, cfg: ml_collections.ConfigDict,
 
 
 def write_outputs(sid_dir: pathlib.Path, codes: np.ndarray, stats: dict, params) -> None:
-  """index.json, stats.json and the orbax params checkpoint under sid_dir."""
-  sid_dir.mkdir(parents=True, exist_ok=True)
-  io.write_json_atomic(sid_dir / 'index.json', sid_strings.index_json(codes))
-  io.write_json_atomic(sid_dir / 'stats.json', stats)
+  """index.json, stats.json and the orbax params checkpoint under sid_dir.
+
+  Every process of a multi-process run learns the same SIDs (a deterministic function of the
+  data and seed); process 0 writes the JSON files, orbax saves the (host) params from all of
+  them, and the barrier at the end lets no process read the files before they exist.
+  """
+  if distributed.is_writer():
+    sid_dir.mkdir(parents=True, exist_ok=True)
+    files.write_json_atomic(sid_dir / 'index.json', sid_strings.index_json(codes))
+    files.write_json_atomic(sid_dir / 'stats.json', stats)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save((sid_dir / 'params').resolve(), params, force=True)
+  checkpointer.save((sid_dir / 'params').resolve(), jax.tree.map(np.asarray, params), force=True)
   checkpointer.wait_until_finished()
+  distributed.barrier('sid_outputs')
 
 
 def restore_params(sid_dir: str | os.PathLike) -> dict:

@@ -17,7 +17,11 @@ One orbax `CheckpointManager` over `directory`; each step is a subdirectory
   is renamed to `<step>.corrupt-<ns>` (kept for inspection, no longer a step) so
   the resumed run can save that step number again.
 - Exact restore: arrays come back bit-identical, with the dtype and sharding
-  of the template (restoration is onto the template's structure).
+  of the template (restoration is onto the template's structure); leaves whose template
+  carries no sharding (a `jax.eval_shape` template) are restored replicated on the
+  current device mesh, so a run saved by N processes restores in M (design §6).
+- Read-only use (`read_only=True`: eval, recommend, another run's model): nothing is
+  created, cleaned up or renamed; an unreadable step is skipped, not quarantined.
 
 Typical use (auto-resume: re-run with the same workdir):
 
@@ -33,17 +37,20 @@ Typical use (auto-resume: re-run with the same workdir):
 
 from __future__ import annotations
 
+import errno
 import math
 import pathlib
+import shutil
 import time
 from typing import Any, Sequence
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from vstar_jax import distributed
 from vstar_jax import interrupts
+from vstar_jax import parallel
 from vstar_jax.train import state as state_lib
 
 PyTree = Any
@@ -58,10 +65,13 @@ class NonFiniteStateError(ValueError):
     self.step = step
 
 
-def _abstract(template: PyTree) -> PyTree:
-  """Shape, dtype and (when known) sharding of every leaf: the target orbax restores onto."""
+def _abstract(template: PyTree, default_sharding) -> PyTree:
+  """Shape, dtype and sharding of every leaf (the template's, else `default_sharding`): the
+  target orbax restores onto. An explicit sharding on every leaf is what lets a checkpoint
+  restore on another topology than the one that wrote it."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, 'sharding', None) or default_sharding),
       template)
 
 
@@ -69,8 +79,9 @@ class Checkpointer:
   """Saves and restores (state pytree, JSON meta) per step under one directory."""
 
   def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 2, keep_best: bool = True,
-               best_metric: str = 'valid_ndcg@10', best_mode: str = 'max'):
-    """Opens (creating if needed) the checkpoint directory.
+               best_metric: str = 'valid_ndcg@10', best_mode: str = 'max', mesh=None,
+               read_only: bool = False):
+    """Opens (creating if needed, unless read_only) the checkpoint directory.
 
     Args:
       directory: where the step subdirectories live (`<workdir>/checkpoints`).
@@ -78,12 +89,18 @@ class Checkpointer:
       keep_best: also keep the step with the best `best_metric`, whatever its age.
       best_metric: key in `save(..., metrics=...)` that ranks checkpoints.
       best_mode: 'max' or 'min', whether larger or smaller `best_metric` is better.
+      mesh: where template leaves without a sharding are restored (replicated); default
+        every device (parallel.make_mesh).
+      read_only: only restore: create, clean up and rename nothing (a shared or read-only
+        workdir).
     """
     if max_to_keep < 1:
       raise ValueError(f'max_to_keep must be >= 1, got {max_to_keep}')
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = pathlib.Path(directory).absolute()
+    self.read_only = read_only
+    self._default_sharding = parallel.replicated(mesh or parallel.make_mesh())
     self.keep_best = keep_best
     self.best_metric = best_metric
     self.best_mode = best_mode
@@ -96,7 +113,7 @@ class Checkpointer:
             best_fn=self._score if keep_best else None,
             best_mode='max',
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            cleanup_tmp_directories=True))
+            cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only))
 
   def _score(self, metrics: dict | None) -> float:
     """`best_metric` signed so that larger is better; -inf when missing or non-finite."""
@@ -127,6 +144,7 @@ class Checkpointer:
                        f'{self.directory}')
     if not bool(state_lib.is_finite(state)):
       raise NonFiniteStateError(step)
+    self._check_space(state)
     metrics = {k: float(v) for k, v in (metrics or {}).items()} if self.keep_best else None
     if metrics and self.best_metric not in metrics:
       raise ValueError(f'metrics for step {step} lack the best metric {self.best_metric!r}: '
@@ -143,7 +161,8 @@ class Checkpointer:
 
   @interrupts.uninterrupted
   def restore_latest(self, template: PyTree) -> tuple[PyTree, dict] | None:
-    """(state, meta) of the newest restorable step, or None when no step exists.
+    """(state, meta) of the newest restorable step, or None when no step exists; meta['step']
+    is the step restored.
 
     Args:
       template: a state of the saved structure (concrete, or `jax.eval_shape`
@@ -155,6 +174,17 @@ class Checkpointer:
   def restore_best(self, template: PyTree) -> tuple[PyTree, dict] | None:
     """(state, meta) of the best restorable step by `best_metric`, or None when none has metrics."""
     return self._restore_first(self._ranked_steps(), template)
+
+  def _check_space(self, state: PyTree) -> None:
+    """Refuses a save the disk cannot hold before orbax starts writing (its failure half-way
+    is noisy and leaves a temporary behind): ENOSPC naming the sizes."""
+    needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, 'dtype'))
+    free = shutil.disk_usage(self.directory if self.directory.exists() else
+                             self.directory.parent).free
+    if free < needed:
+      raise OSError(errno.ENOSPC, f'No space left on device: a checkpoint of this state takes up '
+                    f'to {needed / 2 ** 20:.1f} MiB, {self.directory} has {free / 2 ** 20:.1f} MiB '
+                    'free')
 
   def latest_step(self) -> int | None:
     """Newest saved step, or None."""
@@ -197,7 +227,7 @@ class Checkpointer:
     if not steps:
       return None
     self.wait()
-    target = _abstract(template)
+    target = _abstract(template, self._default_sharding)
     failed = []
     for step in steps:
       try:
@@ -211,29 +241,62 @@ class Checkpointer:
                         step, self.directory, type(error).__name__, error)
         failed.append((step, error))
         continue
-      if failed:
+      if failed and not self.read_only:
         self._quarantine([s for s, _ in failed])
+      if failed:
         logging.warning('Restored step %d from %s instead of step(s) %s.', step, self.directory,
                         [s for s, _ in failed])
-      return restored.state, dict(restored.meta)
-    raise RuntimeError(f'no checkpoint in {self.directory} could be restored (tried steps '
-                       f'{list(steps)}); last error: {failed[-1][1]!r}') from failed[-1][1]
+      return restored.state, dict(restored.meta, step=step)
+    raise RestoreError(self.directory, list(steps), failed[-1][1]) from failed[-1][1]
 
   def _quarantine(self, steps: Sequence[int]) -> None:
     """Renames unreadable step directories out of orbax's view (not deleted: kept for inspection)."""
-    if jax.process_index() == 0:
+    if distributed.is_writer():
       for step in steps:
         path = self.directory / str(step)
         target = self.directory / f'{step}.corrupt-{time.time_ns()}'
         path.rename(target)
         logging.warning('Moved unreadable checkpoint %s to %s.', path, target)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'vstar_checkpoint_quarantine_{steps[0]}')
+    distributed.barrier('checkpoint_quarantine')
     self._manager.reload()
 
 
+class RestoreError(RuntimeError):
+  """No step of a checkpoint directory restored; `cause` says why, in the user's words."""
+
+  def __init__(self, directory: pathlib.Path, steps: list, error: Exception):
+    self.directory, self.steps, self.error = directory, steps, error
+    self.cause = restore_cause(error)
+    super().__init__(f'no checkpoint in {directory} could be restored (tried steps {steps}): '
+                     f'{self.cause}; last error: {error!r}')
+
+
+def restore_cause(error: Exception) -> str:
+  """What a failed restore means, from orbax's / tensorstore's error text."""
+  text = str(error)
+  if 'opology' in text or 'was not found' in text and 'evice' in text:
+    return ('it was written for other devices and the restore target names none (a bug: '
+            'restores give every leaf a sharding on this run\'s mesh)')
+  if any(word in text for word in ('shape', 'Shape', 'structure', 'Missing', 'missing',
+                                   'not found in', 'dtype', 'Dict key mismatch', 'KeyError')):
+    return ('the checkpoints do not match this config (model size, SIDs or EMA '
+            '(--config.sft.ema_decay) differ from the run that wrote them; its config.json '
+            'records how it was trained)')
+  if any(word in text for word in ('No such file', 'FileNotFound', 'not exist', 'corrupt',
+                                   'Error reading', 'DATA_LOSS', 'OUT_OF_RANGE')):
+    return 'its files are missing or corrupt'
+  return 'orbax could not read it'
+
+
 def config_mismatch(directory: pathlib.Path, error: Exception) -> ValueError:
-  """The user error for checkpoints no step of which restores into this config's template."""
-  return ValueError(f'{directory}: the checkpoints do not match this config (model size, SIDs or '
-                    'EMA (--config.sft.ema_decay) differ from the run that wrote them; its '
-                    f'config.json records how it was trained): {error}')
+  """The one-line user error for checkpoints no step of which restores (naming the cause)."""
+  cause = getattr(error, 'cause', None) or restore_cause(error)
+  detail = getattr(error, 'error', error)
+  return ValueError(f'{directory}: no checkpoint step restores: {cause}: '
+                    f'{type(detail).__name__}: {cli_line(detail)}')
+
+
+def cli_line(error: Exception) -> str:
+  """The last non-empty line of an error's text (orbax errors span many lines)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else ''

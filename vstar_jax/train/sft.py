@@ -11,6 +11,7 @@ checkpoint (params, optimizer, step, RNG and data position), bit-for-bit.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 import functools
 import pathlib
 
@@ -18,12 +19,14 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from vstar_jax import parallel
 from vstar_jax.default_config import ConfigError
 from vstar_jax.data import batching
 from vstar_jax.data import types
 from vstar_jax.eval import validate
-from vstar_jax.model import decoder
+from vstar_jax.model import backbone
 from vstar_jax.model import layout
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import metrics_log
@@ -42,49 +45,15 @@ def validate_config(s: ml_collections.ConfigDict) -> None:
     raise ConfigError('sft.ema_decay', f'must be in [0, 1) (0: off), got {s.ema_decay}')
   if not 0 <= s.history_dropout < 1:
     raise ConfigError('sft.history_dropout', f'must be in [0, 1), got {s.history_dropout}')
+  if s.valid_split not in ('train', 'valid', 'holdout'):
+    raise ConfigError('sft.valid_split', f'{s.valid_split!r} is not train, valid or holdout '
+                      '(the kept epoch is chosen on it: never on test)')
   if s.valid_beams < 10:
     raise ConfigError('sft.valid_beams',
                       f'must be >= 10 (validation selects by NDCG@10), got {s.valid_beams}')
   for split in s.train_splits:
     if split not in ('train', 'valid', 'holdout'):
       raise ConfigError('sft.train_splits', f'{split!r} is not train, valid or holdout')
-
-
-def decoder_config(config: ml_collections.ConfigDict, dataset: types.Dataset) -> decoder.DecoderConfig:
-  """DecoderConfig from config.model and the dataset's SID shape (and item-feature keys)."""
-  m = config.model
-  keys, dim = (), 0
-  if m.item_text_features:
-    if dataset.item_features is None:
-      raise ValueError('--config.model.item_text_features=True but the dataset carries no item '
-                       'features (load it with pipeline.load_dataset)')
-    keys, dim = layout.item_feature_table(dataset.item_codes, dataset.num_codes,
-                                           dataset.item_features)[0], dataset.item_features.shape[1]
-  return decoder.DecoderConfig(
-      num_levels=dataset.num_levels, num_codes=dataset.num_codes, max_history=dataset.max_history,
-      num_layers=m.num_layers, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
-      dropout=m.dropout, tie_embeddings=m.tie_embeddings, dtype=m.dtype,
-      item_hash_buckets=m.item_hash_buckets, item_feature_keys=keys, item_feature_dim=dim)
-
-
-def sft_loss(params, cfg: decoder.DecoderConfig, history, target, rng, label_smoothing: float):
-  """Mean label-smoothed NLL of the target codes.
-
-  Args:
-    history: [B, T, L] int32; target: [B, L] int32.
-
-  Returns:
-    loss [] and metrics {'nll', 'acc_L1'.. per level}.
-  """
-  log_probs, _, _ = decoder.forward_train(params, cfg, history, target, rng=rng, train=True)
-  onehot = jax.nn.one_hot(target, cfg.num_codes)
-  smoothed = (1.0 - label_smoothing) * onehot + label_smoothing / cfg.num_codes
-  loss = -(smoothed * log_probs).sum(-1).mean()
-  nll = -(onehot * log_probs).sum(-1).mean()
-  correct = (jnp.argmax(log_probs, -1) == target).mean(0)
-  out = {'loss': loss, 'nll': nll}
-  out.update({f'acc_L{l + 1}': correct[l] for l in range(cfg.num_levels)})
-  return loss, out
 
 
 EMA_KEY = 'ema_params'
@@ -122,22 +91,28 @@ def drop_history_items(history, rate: float, key: jax.Array):
   return jnp.where(drop[..., None], types.PAD, history)
 
 
-def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: float,
-                    ema_decay: float = 0.0, history_dropout: float = 0.0):
+def make_train_step(cfg, optimizer, label_smoothing: float,
+                    ema_decay: float = 0.0, history_dropout: float = 0.0, mesh=None):
   """Jitted (state, history [B,T,L], target [B,L]) -> (state, metrics); the state is donated.
 
+  Data-parallel over `mesh` (default: every device): the batch is split over the 'data' axis,
+  the state replicated; XLA partitions the step, so it equals the one-device step on the same
+  global batch up to float summation order (tests/test_sft.py).
   With ema_decay > 0 the state's extra[EMA_KEY] holds an EMA of the weights, updated each step;
   history_dropout masks history items (drop_history_items).
   """
+  mesh = mesh or parallel.make_mesh()
+  replicated, sharded = parallel.replicated(mesh), parallel.sharded(mesh)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0, in_shardings=(replicated, sharded, sharded),
+                     out_shardings=(replicated, replicated))
   def train_step(state: state_lib.TrainState, history, target):
     state, key = state_lib.split_rng(state)
     if history_dropout > 0:
       key, drop_key = jax.random.split(key)
       history = drop_history_items(history, history_dropout, drop_key)
-    grads, metrics = jax.grad(sft_loss, has_aux=True)(state.params, cfg, history, target, key,
-                                                      label_smoothing)
+    grads, metrics = jax.grad(backbone.sft_loss, has_aux=True)(state.params, cfg, history, target,
+                                                               key, label_smoothing)
     metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
     state = state_lib.apply_gradients(state, grads, optimizer)
     if ema_decay > 0:
@@ -148,7 +123,7 @@ def make_train_step(cfg: decoder.DecoderConfig, optimizer, label_smoothing: floa
   return train_step
 
 
-def initial_state(cfg: decoder.DecoderConfig, optimizer, init_key: jax.Array, state_key: jax.Array,
+def initial_state(cfg, optimizer, init_key: jax.Array, state_key: jax.Array,
                   ema_decay: float, dataset: types.Dataset | None = None,
                   init_params=None) -> state_lib.TrainState:
   """Step-0 state; with ema_decay > 0 it also carries the weight EMA (initialised to the weights).
@@ -158,12 +133,13 @@ def initial_state(cfg: decoder.DecoderConfig, optimizer, init_key: jax.Array, st
   structure must match what was saved). `init_params` (continued SFT) replace the fresh init.
   """
   features = None
-  if dataset is not None and cfg.item_feature_dim:
+  if dataset is not None and getattr(cfg, 'item_feature_dim', 0):
     features = layout.item_feature_table(dataset.item_codes, dataset.num_codes,
                                           dataset.item_features)[1]
-  params = decoder.init_params(cfg, init_key, features)
   if init_params is not None:
     params = jax.tree.map(jnp.array, init_params)
+  else:
+    params = backbone.init_params(cfg, init_key, features)
   # A copy, not an alias: the train step donates the state, and one buffer cannot be donated twice.
   extra = {EMA_KEY: jax.tree.map(jnp.copy, params)} if ema_decay > 0 else None
   return state_lib.TrainState.create(params, optimizer, state_key, extra=extra)
@@ -178,9 +154,18 @@ class Schedule:
   total_steps: int
 
 
-def schedule(s: ml_collections.ConfigDict, num_rows: int) -> Schedule:
-  """The SFT schedule of `num_rows` training rows under config.sft."""
-  batch_size = min(s.batch_size, num_rows)
+def schedule(s: ml_collections.ConfigDict, num_rows: int, num_devices: int = 1) -> Schedule:
+  """The SFT schedule of `num_rows` training rows under config.sft on `num_devices` devices.
+
+  sft.batch_size is the global batch (the same model on any number of devices); each device
+  takes batch_size / num_devices rows of it.
+  """
+  if s.batch_size % num_devices:
+    raise ConfigError('sft.batch_size', f'{s.batch_size} is not divisible by the {num_devices} '
+                      'devices (it is the global batch, split over every device)')
+  batch_size = min(s.batch_size, num_rows - num_rows % num_devices)
+  if batch_size < 1:
+    raise ValueError(f'sft: {num_rows} training rows cannot fill a batch on {num_devices} devices')
   steps_per_epoch = num_rows // batch_size
   return Schedule(num_rows, batch_size, steps_per_epoch, steps_per_epoch * s.epochs)
 
@@ -193,7 +178,7 @@ def make_optimizer(s: ml_collections.ConfigDict, plan: Schedule):
 
 def state_template(config: ml_collections.ConfigDict, dataset: types.Dataset):
   """The abstract (shape-only) SFT TrainState a checkpoint of this config restores onto."""
-  cfg = decoder_config(config, dataset)
+  cfg = backbone.model_config(config, dataset)
   plan = schedule(config.sft, len(batching.UserRows.from_dataset(dataset, config.sft.train_splits)))
   keys = jax.random.split(jax.random.key(config.seed))
   return jax.eval_shape(lambda: initial_state(cfg, make_optimizer(config.sft, plan), keys[0],
@@ -203,7 +188,7 @@ def state_template(config: ml_collections.ConfigDict, dataset: types.Dataset):
 @dataclasses.dataclass
 class SftResult:
   params: dict
-  cfg: decoder.DecoderConfig
+  cfg: Any  # the backbone's static config (model.backbone.model_config)
   best_valid: dict
   steps: int
   best_step: int | None = None  # the kept step (None: stopped early, nothing kept)
@@ -223,29 +208,36 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
       init; the optimizer (and the EMA, from these params) starts afresh.
   """
   s = config.sft
-  cfg = decoder_config(config, dataset)
+  cfg = backbone.model_config(config, dataset)
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  history, target = batching.training_rows(dataset, s.train_splits)
-  plan = schedule(s, history.shape[0])
+  history, target = backbone.training_rows(cfg, dataset, s.train_splits)
+  mesh = parallel.make_mesh()
+  plan = schedule(s, history.shape[0], mesh.size)
   optimizer = make_optimizer(s, plan)
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
   run = run_loop.StageRun(workdir, STAGE)
-  state = initial_state(cfg, optimizer, init_key, state_key, s.ema_decay, dataset, init_params)
+  state = parallel.replicate(initial_state(cfg, optimizer, init_key, state_key, s.ema_decay,
+                                           dataset, init_params), mesh)
   state, _ = run.resume(state)
   valid_rows = batching.validation_rows(len(dataset.splits[s.valid_split]), s.valid_max_rows)
-  train_step = make_train_step(cfg, optimizer, s.label_smoothing, s.ema_decay, s.history_dropout)
+  train_step = make_train_step(cfg, optimizer, s.label_smoothing, s.ema_decay, s.history_dropout,
+                               mesh)
   progress = metrics_log.Progress('sft', plan.total_steps, start=int(state.step))
-  logging.info('sft: %d rows, batch %d, %d steps/epoch, %d epochs, %d params', plan.num_rows,
-               plan.batch_size, plan.steps_per_epoch, s.epochs,
+  logging.info('sft: %d rows, batch %d on %d devices, %d steps/epoch, %d epochs, %d params',
+               plan.num_rows, plan.batch_size, mesh.size, plan.steps_per_epoch, s.epochs,
                sum(x.size for x in jax.tree.leaves(state.params)))
+  position = lambda epoch, index: {'data_epoch': parallel.replicate(np.int32(epoch), mesh),
+                                   'data_index': parallel.replicate(np.int32(index), mesh)}
+  mine = parallel.process_rows(plan.batch_size)
   step = int(state.step)
   while int(state.data_epoch) < s.epochs:
     epoch = int(state.data_epoch)
     order = batching.epoch_order(plan.num_rows, config.seed, epoch)
     for index in range(int(state.data_index), plan.steps_per_epoch):
-      rows = order[index * plan.batch_size:(index + 1) * plan.batch_size]
-      state, metrics = train_step(state, history[rows], target[rows])
-      state = state.replace(data_index=jnp.int32(index + 1))
+      rows = order[index * plan.batch_size:(index + 1) * plan.batch_size][mine]
+      batch = parallel.shard_batch((history[rows], target[rows]), mesh)
+      state, metrics = train_step(state, *batch)
+      state = state.replace(**position(epoch, index + 1))
       step += 1
       if step % s.log_every_steps == 0 or index + 1 == plan.steps_per_epoch:
         metrics = jax.device_get(metrics)
@@ -259,7 +251,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
       if (s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0
           and index + 1 < plan.steps_per_epoch):
         run.save(step, state)
-    state = state.replace(data_epoch=jnp.int32(epoch + 1), data_index=jnp.int32(0))
+    state = state.replace(**position(epoch + 1, 0))
     valid = validate.validation_metrics(eval_params(state), cfg, trie, dataset, s.valid_split,
                                         valid_rows, s.valid_beams, config.eval.batch_size)
     run.write(step, epoch=epoch + 1, **valid)
