@@ -24,13 +24,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vstar_jax import io
+from vstar_jax import distributed
+from vstar_jax import files
+from vstar_jax import parallel
 from vstar_jax import pipeline
+from vstar_jax import trained
 from vstar_jax import workdir as workdir_lib
 from vstar_jax.data import types
 from vstar_jax.decode import search
 from vstar_jax.eval import evaluate
-from vstar_jax.model import decoder as decoder_lib
+from vstar_jax.model import backbone
 from vstar_jax.sid import trie as trie_lib
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # batch sizes the search is compiled for
@@ -39,10 +42,10 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # batch sizes the search is compiled fo
 class Recommender:
   """A trained decoder with its catalogue: `recommend(histories, k)` over item ids."""
 
-  def __init__(self, params, cfg: decoder_lib.DecoderConfig, dataset: types.Dataset,
+  def __init__(self, params, cfg, dataset: types.Dataset,
                config: ml_collections.ConfigDict, stage: str = ''):
     self.config, self.dataset, self.stage, self.cfg = config, dataset, stage, cfg
-    self._params = jax.device_put(params)
+    self._params = jax.device_put(parallel.to_host(params))  # one device: a serving process
     self._trie = jax.device_put(trie_lib.build_trie(dataset.item_codes, dataset.num_codes))
     self._items_of_sid: dict[tuple, list[int]] = {}
     for item, codes in enumerate(dataset.item_codes.tolist()):
@@ -59,9 +62,10 @@ class Recommender:
                                 'train a model there with --config.mode=sft')
       config.mode = 'recommend'
     dataset = pipeline.load_dataset(config, workdir)
-    stage, params, cfg = pipeline.restore_newest(config, workdir, dataset)
-    logging.info('recommender: the %s model of %s, %d items', stage, workdir, dataset.num_items)
-    return cls(params, cfg, dataset, config, stage)
+    kept = trained.restore_newest(config, workdir, dataset)
+    logging.info('recommender: the %s model of %s (step %d), %d items', kept.stage, workdir,
+                 kept.step, dataset.num_items)
+    return cls(kept.params, kept.cfg, dataset, config, kept.stage)
 
   def title(self, item: int) -> str:
     return str(self.dataset.item_titles[item])
@@ -111,7 +115,7 @@ class Recommender:
 
   def _decode(self, rows: np.ndarray, beams: int, decoder: str):
     """rows [B, T] -> codes [B, W, L], scores [B, W], in bucket-padded batches."""
-    history = self.dataset.codes_of(rows)  # [B, T, L]
+    history = backbone.item_inputs(self.cfg, self.dataset, rows)  # [B, T, L] codes or [B, P] prompts
     out_codes, out_scores = [], []
     for start in range(0, len(history), BUCKETS[-1]):
       chunk = history[start:start + BUCKETS[-1]]
@@ -186,8 +190,10 @@ def run_recommend(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   records = [{'history': h, 'recommendations': [
       {'item_id': r['item_id'], 'title': r['title'], 'log_prob': r['score']} for r in items]}
              for h, items in zip(histories, results)]
+  if not distributed.is_writer():
+    return records
   path = pathlib.Path(out or workdir) / 'recommend.json'
-  io.write_json_atomic(path, records)
+  files.write_json_atomic(path, records)
   print('\n\n'.join(format_table(rec, h, items, heading)
                     for h, items, heading in zip(histories, results, headings)))
   logging.info('wrote %s', path)

@@ -2,7 +2,7 @@
 
 The contract is MiniOneRec's: constrained beam search with eval.num_beams (50) beams, exact
 SID match, HR@K / NDCG@K. With --config.eval.decoder=ved the candidates come from VED
-instead (config.rl.ved with budget multiplier eval.ved_multiplier, group size num_beams),
+instead (config.ved with budget multiplier eval.ved_multiplier, group size num_beams),
 written to W/eval/<stage>_ved_<split>/, so VED and beam can be compared on the same users
 at equal forwards (and, with the wall times recorded, at equal time).
 """
@@ -17,10 +17,12 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from vstar_jax.data import batching
 from vstar_jax.data import types
 from vstar_jax.decode import search
 from vstar_jax.decode import ved as ved_lib
 from vstar_jax.eval import export
+from vstar_jax.model import backbone
 from vstar_jax.sid import trie as trie_lib
 
 DECODERS = ('beam', 'ved')
@@ -31,15 +33,15 @@ def eval_dir(workdir: pathlib.Path, stage: str, split: str) -> pathlib.Path:
 
 
 def eval_rows(config: ml_collections.ConfigDict, num_rows: int) -> np.ndarray:
-  """Row indices evaluated: all, or the first eval.max_rows (kept in file order)."""
-  limit = config.eval.max_rows or num_rows
-  return np.arange(min(limit, num_rows))
+  """Row indices evaluated: all, or eval.max_rows evenly spaced ones in file order (split files
+  are sorted by time, so the first rows alone would be the easiest; as validation does)."""
+  return batching.validation_rows(num_rows, config.eval.max_rows)
 
 
 def ved_config(config: ml_collections.ConfigDict) -> ved_lib.VedConfig:
-  """The evaluation VED: config.rl.ved with eval.ved_multiplier and eval.num_beams candidates."""
-  settings = {**config.rl.ved.to_dict(), 'multiplier': config.eval.ved_multiplier}
-  return ved_lib.VedConfig(group_size=config.eval.num_beams, **settings)
+  """The evaluation VED: config.ved with eval.ved_multiplier and eval.num_beams candidates."""
+  return ved_lib.VedConfig.from_settings(config.ved.to_dict(), config.eval.num_beams,
+                                         config.eval.ved_multiplier)
 
 
 def beam_forwards(dataset: types.Dataset, width: int) -> int:
@@ -54,7 +56,7 @@ def evaluate_params(config, workdir, dataset: types.Dataset, params, cfg, stage:
   split, e = config.eval.split, config.eval
   rows = eval_rows(config, len(dataset.splits[split]))
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  history = dataset.history_codes(split)[rows]
+  history = backbone.inputs(cfg, dataset, split)[rows]
   start = time.time()
   if e.decoder == 'ved':
     vcfg = ved_config(config)

@@ -12,16 +12,16 @@ from vstar_jax import baselines
 from vstar_jax.data import types
 from vstar_jax.decode import search
 from vstar_jax.eval import metrics as metrics_lib
-from vstar_jax.model import decoder
+from vstar_jax.model import backbone
 from vstar_jax.sid import trie as trie_lib
 
 BEST_METRIC = 'valid_NDCG@10'
 
 
-def beam_eval(params, cfg: decoder.DecoderConfig, trie: trie_lib.Trie, dataset: types.Dataset,
+def beam_eval(params, cfg, trie: trie_lib.Trie, dataset: types.Dataset,
               split: str, rows: np.ndarray, num_beams: int, batch_size: int):
   """Constrained beam search on `rows` of `split` -> (pred codes [N, W, L], metrics)."""
-  codes, _ = search.beam_search_split(params, cfg, trie, dataset.history_codes(split)[rows],
+  codes, _ = search.beam_search_split(params, cfg, trie, backbone.inputs(cfg, dataset, split)[rows],
                                       num_beams, batch_size)
   return codes, scores(codes, dataset.target_codes(split)[rows], num_beams)
 

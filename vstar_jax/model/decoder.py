@@ -25,6 +25,9 @@ from vstar_jax.model.layout import NUM_SPECIAL
 class DecoderConfig:
   """Static decoder hyper-parameters (hashable: a static argument of jit).
 
+  The defaults are config.model's (tests/test_defaults.py), for 3-level SIDs of 256 codes and
+  10-item histories; model.backbone.model_config builds one from a config and a dataset.
+
   Attributes:
     num_levels: L, codes per SID.
     num_codes: K, codebook size per level.
@@ -52,13 +55,13 @@ class DecoderConfig:
   num_codes: int = 256
   max_history: int = 10
   num_layers: int = 4
-  d_model: int = 256
+  d_model: int = 128
   num_heads: int = 4
-  d_ff: int = 1024
+  d_ff: int = 512
   dropout: float = 0.1
   tie_embeddings: bool = True
   dtype: str = 'float32'
-  item_hash_buckets: int = 0
+  item_hash_buckets: int = 4096
   item_feature_keys: tuple = dataclasses.field(default=(), repr=False)
   item_feature_dim: int = 0
 
@@ -192,3 +195,23 @@ def node_forward(params, cfg: DecoderConfig, prompt_cache: attention.PromptCache
   """
   return _apply(params, cfg, transformer.Decoder.node, prompt_cache, past_k, past_v, position,
                 tokens, levels)
+
+
+def sft_loss(params, cfg: DecoderConfig, history, target, rng, label_smoothing: float):
+  """Mean label-smoothed NLL of the target codes (the SFT objective; train.sft).
+
+  Args:
+    history: [B, T, L] int32; target: [B, L] int32; rng: the dropout key.
+
+  Returns:
+    loss [] and metrics {'loss', 'nll', 'acc_L1'.. per level}.
+  """
+  log_probs, _, _ = forward_train(params, cfg, history, target, rng=rng, train=True)
+  onehot = jax.nn.one_hot(target, cfg.num_codes)
+  smoothed = (1.0 - label_smoothing) * onehot + label_smoothing / cfg.num_codes
+  loss = -(smoothed * log_probs).sum(-1).mean()
+  nll = -(onehot * log_probs).sum(-1).mean()
+  correct = (jnp.argmax(log_probs, -1) == target).mean(0)
+  out = {'loss': loss, 'nll': nll}
+  out.update({f'acc_L{l + 1}': correct[l] for l in range(cfg.num_levels)})
+  return loss, out

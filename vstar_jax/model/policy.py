@@ -8,11 +8,28 @@ policy function of the Sibling-GRPO loss.
 
 from __future__ import annotations
 
+import flax.struct
 import jax.numpy as jnp
 
 from vstar_jax.model import attention
 from vstar_jax.model import decoder
+from vstar_jax.model import expansion as expansion_lib
 from vstar_jax.model import layout
+
+
+@flax.struct.dataclass
+class Candidates:
+  """G candidate SIDs per user, to be scored by the policy (the input of the loss's policy_fn).
+
+  Attributes:
+    history: the model input of each user: [B, T, L] int32 history rows for the decoder (for
+      another backbone, e.g. prompt tokens [B, P]).
+    cand: [B, G, L] int32 candidate SIDs (-1 rows where invalid).
+    valid: [B, G] bool, real candidates.
+  """
+  history: jnp.ndarray
+  cand: jnp.ndarray
+  valid: jnp.ndarray
 
 
 def beam_policy(params, cfg: decoder.DecoderConfig, history):
@@ -37,7 +54,8 @@ def beam_policy(params, cfg: decoder.DecoderConfig, history):
 def ved_policy(params, cfg: decoder.DecoderConfig, history):
   """(root_fn, expand_fn) of decode.ved.ved for users history [B, T, L].
 
-  Both return (log_probs [B, M, K], V [B, M], Q [B, M, K], embedding), a decode.ved_tree.Expansion.
+  Both return a model.expansion.Expansion (log_probs [B, M, K], value [B, M], child_values
+  [B, M, K], embedding).
 
   A tree node's embedding is the keys and values of its own last token, k and v
   [B, M, layers, H, Dh] (SEP for the root, else the node's code); expanding a child gathers
@@ -48,9 +66,10 @@ def ved_policy(params, cfg: decoder.DecoderConfig, history):
   prompt = decoder.prefill(params, cfg, history)
   batch, num_levels = history.shape[0], cfg.num_levels
 
-  def expansion(out):
+  def expansion(out) -> expansion_lib.Expansion:
     log_probs, value, q, k, v = out                          # k, v [layers, B, M, H, Dh]
-    return log_probs, value, q, (jnp.moveaxis(k, 0, 2), jnp.moveaxis(v, 0, 2))
+    return expansion_lib.Expansion(log_probs=log_probs, value=value, child_values=q,
+                                   embedding=(jnp.moveaxis(k, 0, 2), jnp.moveaxis(v, 0, 2)))
 
   def root_fn():
     zero = jnp.zeros((batch, 1), jnp.int32)
@@ -68,7 +87,7 @@ def ved_policy(params, cfg: decoder.DecoderConfig, history):
   return root_fn, expand_fn
 
 
-def candidate_log_probs(params, batch: dict, *, cfg: decoder.DecoderConfig):
+def candidate_log_probs(params, candidates: Candidates, *, cfg: decoder.DecoderConfig):
   """Log-probs, V and Q along each user's G candidates (the policy fn of rl.loss.rl_loss).
 
   The prompt is prefilled once per user and shared by its G candidates; each
@@ -79,7 +98,7 @@ def candidate_log_probs(params, batch: dict, *, cfg: decoder.DecoderConfig):
 
   Args:
     params: decoder params.
-    batch: history [B, T, L], cand [B, G, L] (-1 rows where invalid), valid [B, G].
+    candidates: history [B, T, L], cand [B, G, L] (-1 rows where invalid), valid [B, G].
     cfg: the DecoderConfig.
 
   Returns:
@@ -87,9 +106,8 @@ def candidate_log_probs(params, batch: dict, *, cfg: decoder.DecoderConfig):
     0..L) and q [B, G, L] (Q(y_<l, y_l): the Q head's value of each candidate's own code);
     0 for invalid candidates.
   """
-  cand, valid = batch['cand'], batch['valid']
-  codes = jnp.maximum(cand, 0)
-  prompt = decoder.prefill(params, cfg, batch['history'])
+  codes, valid = jnp.maximum(candidates.cand, 0), candidates.valid
+  prompt = decoder.prefill(params, cfg, candidates.history)
   token_logp, values, q_taken = [], [], []
   for depth in range(cfg.num_levels + 1):
     log_probs, value, q = decoder.prefix_forward(params, cfg, prompt, codes,
