@@ -15,7 +15,6 @@ prints one JSON object on its last line and writes <out>/scaling.png.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -31,6 +30,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from vstar_jax import default_config  # pylint: disable=g-import-not-at-top
 from vstar_jax import parallel
+from vstar_jax.data import batching
 from vstar_jax.decode import search
 from vstar_jax.decode import ved as ved_lib
 from vstar_jax.model import decoder
@@ -123,16 +123,17 @@ def budget_rows():
   mesh = parallel.make_mesh(jax.devices()[:1])
   rows = []
   for m in (float(x) for x in _MULTIPLIERS.value):
-    r = default_config.base_config().rl
-    r.ved.multiplier, r.steps, r.batch_users = m, 10, users
-    settings = settings_lib.RlSettings.from_config(r)
+    c = default_config.base_config()
+    c.ved.multiplier, c.rl.steps, c.rl.batch_users = m, 10, users
+    settings = settings_lib.RlSettings.from_config(c)
     ved_fn = jax.jit(lambda h, s=settings: rollouts.ved_rollout(params, trie, h, jnp.arange(users),
                                                        jax.random.key(0), cfg=cfg, settings=s))
     rollout_s = time_calls(ved_fn, [history] * 3) / users
     programs = step_lib.make_programs(cfg, settings, mesh)
     state = parallel.replicate(step_lib.init_state(params, settings, 0), mesh)
-    batch = {'history': history, 'target': target, 'target_item': np.zeros(users, np.int32),
-             'user_index': np.arange(users, dtype=np.int32)}
+    batch = batching.UserBatch(history=history, target=target,
+                               target_item=np.zeros(users, np.int32),
+                               user_index=np.arange(users, dtype=np.int32))
     batch = parallel.shard_batch(batch, mesh)
     state, _ = programs.iteration(state, batch, trie, None)   # compile
     jax.block_until_ready(state.params)

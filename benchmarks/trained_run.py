@@ -21,11 +21,12 @@ import numpy as np
 
 from vstar_jax import parallel
 from vstar_jax import pipeline
+from vstar_jax import trained
 from vstar_jax import workdir as workdir_lib
 from vstar_jax.data import batching
 from vstar_jax.data import types
 from vstar_jax.model import decoder
-from vstar_jax.rl import loop
+from vstar_jax.rl import rewards as rewards_lib
 from vstar_jax.rl import settings as settings_lib
 from vstar_jax.rl import step as step_lib
 from vstar_jax.rl import value_pretrain
@@ -62,25 +63,27 @@ def load(workdir: str, data_dir: str = '', dataset_name: str = '', head_steps: i
     raise SystemExit(f'--dataset={dataset_name} but {workdir} was trained on {config.dataset}')
   dataset = pipeline.load_dataset(config, workdir)
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  restored = pipeline.restore_params(config, workdir, dataset, 'sft')
+  restored = trained.restore(config, workdir, dataset, 'sft')
   if restored is None:
     raise SystemExit(f'no SFT checkpoint in {workdir}/checkpoints/sft: train one first')
-  params, cfg = restored
-  rl_params = loop.restore_best_params(config, workdir, params)
-  if rl_params is not None:
-    return TrainedRun(config, dataset, rl_params, cfg, trie, 'rl_checkpoint', [])
+  params, cfg = restored.params, restored.cfg
+  rl = trained.restore(config, workdir, dataset, 'rl')
+  if rl is not None:
+    return TrainedRun(config, dataset, rl.params, cfg, trie, 'rl_checkpoint', [])
   params, losses = fit_heads(config, dataset, params, cfg, head_steps, seed)
   splits = 'holdout' if 'holdout' in dataset.splits else '+'.join(config.rl.train_splits)
   return TrainedRun(config, dataset, params, cfg, trie, f'fitted_{head_steps}_steps_on_{splits}',
                     losses)
 
 
-def fit_heads(config, dataset, params, cfg, steps: int, seed: int, item_emb=None):
+def fit_heads(config, dataset, params, cfg, steps: int, seed: int, item_emb=None,
+              rewards=rewards_lib.REWARDS):
   """V and Q fitted on `steps` batches of rollouts of the frozen policy (rl.value_pretrain);
-  item_emb [I, D]: what the reward reads, if it reads any (the simulator's item vectors)."""
+  item_emb [I, D]: what the reward reads, if it reads any (the simulator's item vectors);
+  rewards: the registry config.rl.reward names one of (the simulator adds its own)."""
   r = config.rl
   splits = ('holdout',) if 'holdout' in dataset.splits else tuple(r.train_splits)
-  settings = settings_lib.RlSettings.from_config(r)
+  settings = settings_lib.RlSettings.from_config(config, rewards=rewards)
   mesh = parallel.make_mesh()
   programs = step_lib.make_programs(cfg, settings, mesh)
   users = batching.UserRows.from_dataset(dataset, splits)
@@ -90,9 +93,12 @@ def fit_heads(config, dataset, params, cfg, steps: int, seed: int, item_emb=None
   trie = parallel.replicate(trie_lib.build_trie(dataset.item_codes, dataset.num_codes), mesh)
   if item_emb is not None:
     item_emb = parallel.replicate(jnp.asarray(item_emb, jnp.float32), mesh)
-  params, losses = value_pretrain.pretrain(programs.value, parallel.replicate(params, mesh),
-                                           batches, trie, item_emb, jax.random.key(seed), mesh)
-  logging.info('value heads: loss %.4f -> %.4f over %d steps on %s', losses[0], losses[-1],
+  leaf_losses = []
+  params, losses = value_pretrain.pretrain(
+      programs.value, parallel.replicate(params, mesh), batches, trie, item_emb,
+      jax.random.key(seed), mesh, lambda i, m: leaf_losses.append(float(m['value_loss_leaf'])))
+  logging.info('value heads: loss %.4f -> %.4f (V of the whole SID alone %.4f -> %.4f) over %d '
+               'steps on %s', losses[0], losses[-1], leaf_losses[0], leaf_losses[-1],
                len(losses), splits)
   return jax.device_get(params), losses
 

@@ -56,8 +56,8 @@ def score_candidates(run, history, cand, valid):
   fn = jax.jit(lambda p, b: policy.candidate_log_probs(p, b, cfg=run.cfg))
   outs = []
   for i in range(0, len(history), _BATCH.value):
-    batch = {'history': history[i:i + _BATCH.value], 'cand': cand[i:i + _BATCH.value],
-             'valid': valid[i:i + _BATCH.value]}
+    rows = slice(i, i + _BATCH.value)
+    batch = policy.Candidates(history=history[rows], cand=cand[rows], valid=valid[rows])
     outs.append(jax.device_get(fn(run.params, batch)))
   return [np.concatenate(x) for x in zip(*outs)]
 
@@ -84,11 +84,11 @@ def main(argv):
             'value_prefix': values[..., num_levels - 1], 'q_leaf': q[..., -1]}
   for w in (float(x) for x in _MIX.value):
     scores[f'mix_{w:g}'] = logprob[..., -1] + w * q[..., -1]
-  ranker = run.config.rl.ved.leaf_ranking
+  ranker = run.config.ved.leaf_ranking
   ranker_key = {'logprob': 'logprob', 'value': 'q_leaf',
-                'mix': f'mix_{float(run.config.rl.ved.mix):g}'}[ranker]
+                'mix': f'mix_{float(run.config.ved.mix):g}'}[ranker]
   if ranker_key not in scores:
-    scores[ranker_key] = logprob[..., -1] + run.config.rl.ved.mix * q[..., -1]
+    scores[ranker_key] = logprob[..., -1] + run.config.ved.mix * q[..., -1]
   out_rows = []
   for name, score in scores.items():
     score = np.where(valid, score, -np.inf)

@@ -45,7 +45,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory the CLI trained
 _DATA_DIR = flags.DEFINE_string('data_dir', '', 'Data folder (default: recorded, else $VSTAR_DATA_DIR).')
 _MULTIPLIERS = flags.DEFINE_list('multipliers', ['1', '2', '4', '8'], 'Budget multipliers m.')
 _VARIANTS = flags.DEFINE_list('variants', [], "VED variants 'selection:leaf_ranking[:per_step]' "
-                              "(default: W's rl.ved), e.g. ucb:logprob,best_first:logprob,ucb:mix:32.")
+                              "(default: W's config.ved), e.g. ucb:logprob,best_first:logprob,ucb:mix:32.")
 _SPLIT = flags.DEFINE_string('split', 'valid', 'Users to decode.')
 _MAX_USERS = flags.DEFINE_integer('max_users', 1000, 'Evenly spaced users of the split (0 = all).')
 _BATCH = flags.DEFINE_integer('batch_size', 16, 'Users per jitted call.')
@@ -86,9 +86,9 @@ def batched(fn, history: np.ndarray, batch_size: int):
 def variants(config) -> list[tuple[str, str, int]]:
   """(selection, leaf_ranking, per_step) per --variants entry (per_step 0: the width)."""
   if not _VARIANTS.value:
-    return [(config.rl.ved.selection, config.rl.ved.leaf_ranking, config.rl.ved.per_step)]
+    return [(config.ved.selection, config.ved.leaf_ranking, config.ved.per_step)]
   parsed = [v.split(':') for v in _VARIANTS.value]
-  return [(p[0], p[1], int(p[2]) if len(p) > 2 else config.rl.ved.per_step) for p in parsed]
+  return [(p[0], p[1], int(p[2]) if len(p) > 2 else config.ved.per_step) for p in parsed]
 
 
 def main(argv):
@@ -101,7 +101,7 @@ def main(argv):
   target = dataset.target_codes(_SPLIT.value)[rows]
   num_levels = dataset.num_levels
   prefixes = [len({tuple(c[:d]) for c in dataset.item_codes.tolist()}) for d in range(num_levels)]
-  base_cfg = settings_lib.ved_config(run.config.rl)
+  base_cfg = settings_lib.ved_config(run.config)
   key = jax.random.key(0)
   out_rows = []
   for m in (float(x) for x in _MULTIPLIERS.value):

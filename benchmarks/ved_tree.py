@@ -81,7 +81,7 @@ def main(argv):
   history = dataset.history_codes(_SPLIT.value)[_USER.value:_USER.value + 1]
   target = tuple(int(c) for c in dataset.target_codes(_SPLIT.value)[_USER.value])
   prefixes = [len({tuple(c[:d]) for c in dataset.item_codes.tolist()}) for d in range(3)]
-  vcfg = settings_lib.ved_config(run.config.rl)
+  vcfg = settings_lib.ved_config(run.config)
   budget = int(_MULTIPLIER.value * ved_lib.base_budget(dataset.num_levels, vcfg.width))
   width = trained_run.beam_width_for(budget, prefixes)
   keys = jax.random.split(jax.random.key(0), 1)

@@ -23,5 +23,6 @@ def get_config(arg: str = ''):
   if stats.is_file():  # histories are as long as prepare made them
     c.data.max_history = json.loads(stats.read_text())['max_history']
   c.sid.source = 'given'  # the SIDs the sid mode wrote into DIR/index/NAME.index.json
-  default_config.small_data_protocol(c)  # as configs/amazon.py (its Industrial choices)
+  default_config.sft_regularisers(c)  # Industrial's recipe, as configs/amazon.py:industrial
+  default_config.rl_recipe(c)
   return c

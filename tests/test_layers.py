@@ -1,6 +1,6 @@
 """The package's import graph runs one way: no module imports from a later layer.
 
-config -> io/parallel/workdir -> data -> sid -> model -> decode -> eval -> train -> rl ->
+config -> files/parallel/distributed/workdir -> data -> sid -> model -> decode -> eval -> train -> rl ->
 pipeline/prepare/recommender -> main/cli. Read from the source (ast), so a late import inside a function
 counts too.
 """
@@ -13,7 +13,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'vstar_jax'
 LAYERS = [
     ('default_config',),
-    ('io', 'parallel', 'workdir', 'interrupts'),
+    ('files', 'parallel', 'distributed', 'workdir', 'interrupts'),
     ('data',),
     ('sid',),
     ('model',),
@@ -21,7 +21,7 @@ LAYERS = [
     ('eval', 'baselines'),
     ('train',),
     ('rl',),
-    ('pipeline', 'prepare', 'recommender'),
+    ('pipeline', 'prepare', 'recommender', 'trained'),
     ('main', 'cli', '__init__'),
 ]
 

@@ -23,6 +23,7 @@ from vstar_jax import parallel
 from vstar_jax.data import batching
 from vstar_jax.data import synthetic
 from vstar_jax.eval import validate
+from vstar_jax.model import backbone
 from vstar_jax.model import decoder
 from vstar_jax.rl import loop
 from vstar_jax.rl import settings as settings_lib
@@ -47,7 +48,7 @@ def tiny_config(sft_epochs=2):
   c.sft.valid_max_rows, c.sft.valid_beams = 100, 10
   c.eval.batch_size = 50
   r = c.rl
-  r.group_size, r.ved.width, r.batch_users = 8, 4, 16
+  r.group_size, c.ved.width, r.batch_users = 8, 4, 16
   r.steps, r.valid_every, r.checkpoint_every = STEPS, STEPS, 10
   r.value_pretrain_steps = 0  # covered by tests/test_value_pretrain.py
   r.valid_max_rows, r.valid_beams = 150, 10
@@ -153,8 +154,8 @@ def run_iterations(devices) -> dict:
   data = small_data()
   config = tiny_config()
   r = config.rl
-  settings = settings_lib.RlSettings.from_config(r)
-  cfg = sft.decoder_config(config, data)
+  settings = settings_lib.RlSettings.from_config(config)
+  cfg = backbone.model_config(config, data)
   params = decoder.init_params(cfg, jax.random.key(1))
   users = batching.UserRows.from_dataset(data, ('train',))
   mesh = parallel.make_mesh(devices)
@@ -165,7 +166,7 @@ def run_iterations(devices) -> dict:
   for index in range(2):
     batch = users.batch(batching.batch_rows(len(users), r.batch_users, config.seed, 0, index),
                         mesh)
-    assert len(batch['history'].sharding.device_set) == len(devices)
+    assert len(batch.history.sharding.device_set) == len(devices)
     state, m = programs.iteration(state, batch, trie, None)
     metrics.append(jax.device_get(m))
   out = {'params/' + jax.tree_util.keystr(k): np.asarray(v)

@@ -22,6 +22,7 @@ from vstar_jax.rl import rewards
 from jax.sharding import PartitionSpec as P
 
 from vstar_jax import parallel
+from vstar_jax.model import policy
 from vstar_jax.rl import loss as loss_lib
 
 B, G, L, K, F = 8, 6, 3, 4, 5
@@ -31,15 +32,16 @@ SHARDED_CFG = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.7, kl_beta=0.1, w_value=
 NUM_STEPS = 3
 
 
-def toy_policy(params, batch):
-  """Tiny autoregressive policy: logits from user features plus the previous code."""
-  cand = batch['cand']
+def toy_policy(params, candidates: policy.Candidates):
+  """Tiny autoregressive policy: logits from user features (its `history`: [B, F] float) plus the
+  previous code."""
+  cand, feat = candidates.cand, candidates.history
   prev = jnp.concatenate([jnp.zeros_like(cand[..., :1]), cand[..., :-1]], axis=-1)
-  logits = (jnp.einsum('bf,flk->blk', batch['feat'], params['w'])[:, None]
+  logits = (jnp.einsum('bf,flk->blk', feat, params['w'])[:, None]
             + params['u'][jnp.arange(L), prev])
   token_logp = jnp.take_along_axis(jax.nn.log_softmax(logits), cand[..., None], -1)[..., 0]
   depth_code = jnp.concatenate([jnp.zeros_like(cand[..., :1]), jnp.cumsum(cand, -1)], -1) / K
-  values = (jnp.einsum('bf,fd->bd', batch['feat'], params['v'])[:, None]
+  values = (jnp.einsum('bf,fd->bd', feat, params['v'])[:, None]
             + params['c'] * depth_code)
   q = values[..., 1:] * (1.0 + 0.1 * cand)
   return token_logp, values, q
@@ -63,42 +65,42 @@ def make_problem(seed=0):
   target = rng.integers(0, K, size=(B, L)).astype(np.int32)
   hit_users = rng.random(B) < 0.6
   target[hit_users] = cand[hit_users, 0]
-  batch = {'cand': cand, 'valid': valid, 'feat': rng.normal(size=(B, F)).astype(np.float32),
-           'target': target}
-  batch.update(jax.device_get(_score_rollout(old_params, batch, target)))
-  return params, ref_params, batch
+  candidates = policy.Candidates(history=rng.normal(size=(B, F)).astype(np.float32), cand=cand,
+                                 valid=valid)
+  return params, ref_params, jax.device_get(_score_rollout(old_params, candidates, target))
 
 
 @jax.jit
-def _score_rollout(old_params, batch, target):
+def _score_rollout(old_params, candidates, target) -> loss_lib.LossBatch:
   """Rollout log-probs, advantages and value targets, as the RL loop computes them."""
-  cand, valid = batch['cand'], batch['valid']
-  old_logp, old_values, _ = toy_policy(old_params, batch)
+  cand, valid = candidates.cand, candidates.valid
+  old_logp, old_values, _ = toy_policy(old_params, candidates)
   reward = rewards.ranking_reward(cand, valid, target, old_logp.sum(-1))
   level, _ = rewards.prefix_reward(cand, valid, target)
-  return {'old_logp': old_logp,
-          'group_adv': advantages.group_advantages(reward, valid),
-          'sibling_adv': advantages.sibling_advantages(cand, reward, valid),
-          'value_targets': rewards.value_targets(level, old_values, valid)}
+  return loss_lib.LossBatch(candidates=candidates, old_logp=old_logp,
+                            group_adv=advantages.group_advantages(reward, valid),
+                            sibling_adv=advantages.sibling_advantages(cand, reward, valid),
+                            value_targets=rewards.value_targets(level, old_values, valid),
+                            target=target)
 
 
 def _loss_reference(params, ref_params, batch, cfg):
   """The objective written out in numpy, token by token."""
-  logp, values, q = jax.device_get(jax.jit(toy_policy)(params, batch))
-  ref_logp = jax.device_get(jax.jit(toy_policy)(ref_params, batch)[0])
+  logp, values, q = jax.device_get(jax.jit(toy_policy)(params, batch.candidates))
+  ref_logp = jax.device_get(jax.jit(toy_policy)(ref_params, batch.candidates)[0])
   terms = {'grpo': [], 'sib': [], 'kl': [], 'value': [], 'q': []}
   for b in range(B):
     for g in range(G):
-      if not batch['valid'][b, g]:
+      if not batch.candidates.valid[b, g]:
         continue
-      terms['value'].extend((values[b, g] - batch['value_targets'][b, g]) ** 2)
-      terms['q'].extend((q[b, g] - batch['value_targets'][b, g, 1:]) ** 2)   # Q(y_<l, y_l) ~ V(l+1)
+      terms['value'].extend((values[b, g] - batch.value_targets[b, g]) ** 2)
+      terms['q'].extend((q[b, g] - batch.value_targets[b, g, 1:]) ** 2)   # Q(y_<l, y_l) ~ V(l+1)
       for l in range(L):
-        ratio = np.exp(logp[b, g, l] - batch['old_logp'][b, g, l])
+        ratio = np.exp(logp[b, g, l] - batch.old_logp[b, g, l])
         clipped = np.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps)
-        a = batch['group_adv'][b, g]
+        a = batch.group_adv[b, g]
         terms['grpo'].append(-min(ratio * a, clipped * a))
-        s = batch['sibling_adv'][b, g, l]
+        s = batch.sibling_adv[b, g, l]
         if s != 0:
           terms['sib'].append(-min(ratio * s, clipped * s))
         d = ref_logp[b, g, l] - logp[b, g, l]
@@ -132,14 +134,14 @@ def _pg_grad(params, ref_params, batch, rows):
 
 def test_no_hit_group_has_zero_policy_gradient():
   params, ref_params, batch = make_problem()
-  target = batch['cand'][:, 0].copy()
+  cand, valid = batch.candidates.cand, batch.candidates.valid
+  target = cand[:, 0].copy()
   target[0] = K  # code K never occurs: user 0 has no hit, user 2 hits
-  reward = jax.jit(rewards.ranking_reward)(batch['cand'], batch['valid'], target,
-                                           batch['old_logp'].sum(-1))
-  batch['group_adv'] = np.asarray(jax.jit(advantages.group_advantages)(reward, batch['valid']))
-  batch['sibling_adv'] = np.asarray(
-      jax.jit(advantages.sibling_advantages)(batch['cand'], reward, batch['valid']))
-  assert not batch['group_adv'][0].any() and not batch['sibling_adv'][0].any()
+  reward = jax.jit(rewards.ranking_reward)(cand, valid, target, batch.old_logp.sum(-1))
+  batch = batch.replace(
+      group_adv=np.asarray(jax.jit(advantages.group_advantages)(reward, valid)),
+      sibling_adv=np.asarray(jax.jit(advantages.sibling_advantages)(cand, reward, valid)))
+  assert not batch.group_adv[0].any() and not batch.sibling_adv[0].any()
   no_hit = _pg_grad(params, ref_params, batch, np.array([0]))
   chex.assert_trees_all_equal(no_hit, jax.tree.map(jnp.zeros_like, no_hit))
   hit = _pg_grad(params, ref_params, batch, np.array([2]))
@@ -195,7 +197,7 @@ def run_sharded_comparison(out_dir):
     for _ in range(NUM_STEPS):
       state, m = step(state, parallel.replicate(ref_params, mesh), sharded_batch)
       metrics.append(m)
-    assert len(sharded_batch['cand'].sharding.device_set) == len(devs)
+    assert len(sharded_batch.candidates.cand.sharding.device_set) == len(devs)
     results[name] = (state[0], metrics)
   arrays = {'initial/' + k: np.asarray(v) for k, v in params.items()}
   for name, (final, metrics) in results.items():
@@ -233,14 +235,15 @@ def test_supervised_anchor_adds_the_target_nll():
   loss_fn = jax.jit(loss_lib.rl_loss, static_argnums=(3, 4))
   base, _ = loss_fn(params, ref_params, batch, toy_policy, CFG)
   loss, metrics = loss_fn(params, ref_params, batch, toy_policy, anchored)
-  one = dict(batch, cand=batch['target'][:, None, :], valid=np.ones((B, 1), bool))
+  one = policy.Candidates(history=batch.candidates.history, cand=batch.target[:, None, :],
+                          valid=np.ones((B, 1), bool))
   target_logp = np.asarray(jax.jit(toy_policy)(params, one)[0])            # [B, 1, L]
   nll = -np.mean(target_logp)
   np.testing.assert_allclose(metrics['sft_nll'], nll, rtol=1e-5)
   np.testing.assert_allclose(loss, base + 0.3 * nll, rtol=1e-5)
   only_anchor = loss_lib.LossConfig(clip_eps=0.2, w_sib=0.0, kl_beta=0.0, w_value=0.0, w_sft=1.0)
-  zero_adv = dict(batch, group_adv=np.zeros_like(batch['group_adv']),
-                  sibling_adv=np.zeros_like(batch['sibling_adv']))
+  zero_adv = batch.replace(group_adv=np.zeros_like(batch.group_adv),
+                           sibling_adv=np.zeros_like(batch.sibling_adv))
   grads = jax.jit(jax.grad(lambda p: loss_lib.rl_loss(p, ref_params, zero_adv, toy_policy,
                                                       only_anchor)[0]))(params)
   stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
@@ -259,7 +262,7 @@ def test_policy_gradient_weight_scales_only_the_pg_terms():
   doubled, _ = loss_fn(params, ref_params, batch, toy_policy, dataclasses.replace(CFG, w_pg=2.0))
   np.testing.assert_allclose(doubled, base + pg, rtol=1e-5, atol=1e-6)
   control = dataclasses.replace(CFG, w_pg=0.0, w_sft=1.0)
-  flipped = dict(batch, group_adv=-batch['group_adv'], sibling_adv=3.0 * batch['sibling_adv'])
+  flipped = batch.replace(group_adv=-batch.group_adv, sibling_adv=3.0 * batch.sibling_adv)
   assert_same_loss_and_grad(params, ref_params, control, batch, flipped)
 
 
@@ -279,11 +282,12 @@ def test_negative_weight_scales_only_the_negative_advantages():
   """negative_weight w equals handing the paper's loss advantages whose negative entries are
   multiplied by w; at w = 0 loss and gradient ignore the negative advantages entirely."""
   params, ref_params, batch = make_problem()
-  assert (batch['group_adv'] < 0).any() and (batch['sibling_adv'] < 0).any()
+  assert (batch.group_adv < 0).any() and (batch.sibling_adv < 0).any()
   loss_fn = jax.jit(loss_lib.rl_loss, static_argnums=(3, 4))
 
   def scaled(b, w):
-    return dict(b, **{k: np.where(b[k] < 0, w * b[k], b[k]) for k in ('group_adv', 'sibling_adv')})
+    return b.replace(**{k: np.where(getattr(b, k) < 0, w * getattr(b, k), getattr(b, k))
+                        for k in ('group_adv', 'sibling_adv')})
 
   half = dataclasses.replace(CFG, negative_weight=0.5)
   manual, _ = loss_fn(params, ref_params, scaled(batch, 0.5), toy_policy, CFG)

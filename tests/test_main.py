@@ -29,8 +29,8 @@ def test_validate_rejects_impossible_values_naming_the_flag():
   with pytest.raises(ValueError, match=r'--config.eval.num_beams'):
     pipeline.validate(c)
   c = default_config.base_config()
-  c.rl.ved.multiplier = 0.5
-  with pytest.raises(ValueError, match=r'--config.rl.ved.multiplier: .*base budget'):
+  c.ved.multiplier = 0.5
+  with pytest.raises(ValueError, match=r'--config.ved.multiplier: .*base budget'):
     pipeline.validate(c)
   c = default_config.base_config()
   c.sft.valid_beams = 5
@@ -57,7 +57,13 @@ def test_bad_flag_fails_before_writing(tmp_path):
     (['--workdir={file}'], 'error: --workdir={file} is a file, not a directory'),
     (['--config=configs/nope.py'], "error: --config: [Errno 2] No such file or directory: "
      "'configs/nope.py'"),
-], ids=['misspelt_override', 'bad_mode', 'workdir_is_a_file', 'missing_config_file'])
+    (['--config.sfft.epochs=3'],
+     'error: --config.sfft.epochs: no such setting (did you mean --config.sft.epochs?)'),
+    (['--config.sft.valid_split=test'], "error: --config.sft.valid_split: 'test' is not train, "
+     'valid or holdout'),
+    (['--config.rl.epochs=2'], 'error: --config.rl.steps: 40 with rl.epochs=2: set exactly one'),
+], ids=['misspelt_override', 'bad_mode', 'workdir_is_a_file', 'missing_config_file',
+        'misspelt_section', 'valid_on_test', 'steps_and_epochs'])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
   (tmp_path / 'file').write_text('')
   args = [a.format(file=tmp_path / 'file') for a in args]
@@ -93,6 +99,23 @@ def test_baseline_mode_on_synthetic(tmp_path):
     assert {'invalid', 'n', 'hit_L1', 'hit_L12', 'hit_exact'} <= set(m)
     preds = json.loads((tmp_path / 'eval' / f'{name}_test' / 'predictions.json').read_text())
     assert len(preds) == m['n'] == 600 and len(preds[0]['predict']) == 50
+    assert m['train_splits'] == ['train'] and m['train_rows'] == 600 * 11  # 11 train rows a user
+
+
+def test_baselines_fit_every_train_row_and_work_on_a_tiny_catalogue(tmp_path):
+  """With the RL holdout on, baselines still count every train row (train + holdout); a
+  catalogue of fewer SIDs than eval.num_beams is no reason to refuse: baselines decode nothing."""
+  _run(['--config=configs/synthetic.py', f'--workdir={tmp_path}', '--config.mode=baseline',
+        '--config.synthetic.num_items=47', '--config.synthetic.num_users=60',
+        '--config.data.holdout=1.0', '--config.eval.max_rows=30'])
+  m = json.loads((tmp_path / 'eval' / 'transition_test' / 'metrics.json').read_text())
+  assert m['train_splits'] == ['train', 'holdout'] and m['n'] == 30
+  assert m['train_rows'] == 60 * 11  # all of them: the holdout moved 60 rows out of 'train'
+  preds = json.loads((tmp_path / 'eval' / 'transition_test' / 'predictions.json').read_text())
+  assert sum(p != '' for p in preds[0]['predict']) == 47  # every distinct SID, then empty slots
+  refused = _run(['--config=configs/synthetic.py', f'--workdir={tmp_path / "s"}',
+                  '--config.mode=sft', '--config.synthetic.num_items=47'], check=False)
+  assert refused.returncode == 2 and 'exceeds the 47 distinct SIDs' in refused.stderr
 
 
 @pytest.mark.realdata

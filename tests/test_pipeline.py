@@ -61,7 +61,7 @@ def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):
           '--config.sft.epochs=2', '--config.rl.steps=4', '--config.rl.batch_users=16',
           '--config.rl.value_pretrain_steps=2', '--config.rl.valid_every=2',
           '--config.rl.valid_max_rows=50', '--config.rl.valid_beams=10', '--config.rl.group_size=8',
-          '--config.rl.ved.multiplier=3', '--config.rl.lr=0.0003']
+          '--config.ved.multiplier=3', '--config.rl.lr=0.0003']
   _main(tmp_path, *args, '--config.mode=rl')
   rl = _metrics(tmp_path, 'rl')
   assert rl['n'] == 150 and rl['invalid'] == 0 and rl['rl_steps'] == 4 and rl['rollout'] == 'ved'
@@ -90,7 +90,7 @@ def test_item_text_features_through_sft_rl_eval_and_recommend(tmp_path):
           '--config.model.item_text_features=True', '--config.sft.epochs=1', '--config.rl.steps=2',
           '--config.rl.batch_users=16', '--config.rl.value_pretrain_steps=1',
           '--config.rl.valid_every=2', '--config.rl.valid_max_rows=50', '--config.rl.valid_beams=10',
-          '--config.rl.group_size=8', '--config.rl.ved.multiplier=3']
+          '--config.rl.group_size=8', '--config.ved.multiplier=3']
   _main(tmp_path, *args, '--config.mode=rl')
   rl = _metrics(tmp_path, 'rl')
   assert rl['invalid'] == 0 and rl['rl_steps'] == 2
@@ -168,9 +168,8 @@ def test_real_item_text_features_align_with_item_ids(data_dir, tmp_path, monkeyp
   import numpy as np
   from vstar_jax import pipeline
   from vstar_jax.data import amazon
-  from vstar_jax.model import decoder
+  from vstar_jax.model import backbone
   from vstar_jax.model import layout
-  from vstar_jax.train import sft
   import importlib.util
   spec = importlib.util.spec_from_file_location('amazon_config', REPO / 'configs' / 'amazon.py')
   amazon_config = importlib.util.module_from_spec(spec)
@@ -181,7 +180,7 @@ def test_real_item_text_features_align_with_item_ids(data_dir, tmp_path, monkeyp
   dataset = pipeline.load_dataset(config, tmp_path)
   npy = np.load(data_dir / 'index' / f'{amazon.DATASETS["industrial"]}.emb-minilm-td.npy')
   np.testing.assert_array_equal(dataset.item_features, npy)
-  cfg = sft.decoder_config(config, dataset)
+  cfg = backbone.model_config(config, dataset)
   num_sids = len({tuple(c) for c in dataset.item_codes.tolist()})
   assert len(cfg.item_feature_keys) == num_sids < dataset.num_items   # shipped SIDs collide
   _, table = layout.item_feature_table(dataset.item_codes, dataset.num_codes, npy)

@@ -11,6 +11,7 @@ from vstar_jax.data import synthetic
 from vstar_jax.decode import search
 from vstar_jax.decode import ved as ved_lib
 from vstar_jax.model import decoder
+from vstar_jax.model import expansion
 from vstar_jax.model import policy
 from vstar_jax.sid import trie as trie_lib
 
@@ -27,7 +28,7 @@ def test_candidate_log_probs_equal_teacher_forcing():
   cand = np.where(valid[..., None], cand, -1)
   history = data.history_codes('train')[:4]
   logp, values, q = jax.jit(lambda p, b: policy.candidate_log_probs(p, b, cfg=CFG))(
-      params, {'history': history, 'cand': cand, 'valid': valid})
+      params, policy.Candidates(history=history, cand=cand, valid=valid))
   flat = np.maximum(cand, 0).reshape(32, 3)
   ref_lp, ref_v, ref_q = jax.jit(decoder.forward_train, static_argnums=1)(
       params, CFG, np.repeat(history, 8, axis=0), flat)
@@ -50,19 +51,20 @@ def test_ved_policy_expansions_equal_the_prefix_pass():
   root_fn, expand_fn = policy.ved_policy(params, CFG, history)
 
   def check(out, prefix, depth):
+    assert isinstance(out, expansion.Expansion)
     want = decoder.prefix_forward(params, CFG, prompt, prefix, np.full(prefix.shape[:2], depth))
-    for got, ref in zip(out[:3], want):
+    for got, ref in zip((out.log_probs, out.value, out.child_values), want):
       np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
   out = root_fn()
   check(out, np.zeros((3, 1, 3), np.int32), 0)
-  path = [jax.tree.map(lambda x: jnp.repeat(x, 4, axis=1), out[3])]   # own-token states by depth
+  path = [jax.tree.map(lambda x: jnp.repeat(x, 4, axis=1), out.embedding)]  # own-token states
   for depth in range(1, 3):
     states = path + [jax.tree.map(jnp.zeros_like, path[0])] * (3 - len(path))
     path_states = jax.tree.map(lambda *xs: jnp.stack(xs, axis=2), *states)   # [B, M, L, ...]
     out = expand_fn(path_states, codes[..., depth - 1], np.full((3, 4), depth - 1, np.int32))
     check(out, codes, depth)
-    path.append(out[3])
+    path.append(out.embedding)
 
 
 def test_ved_search_on_the_decoder_scores_leaves_as_teacher_forcing_and_m1_is_beam():
@@ -80,7 +82,7 @@ def test_ved_search_on_the_decoder_scores_leaves_as_teacher_forcing_and_m1_is_be
   np.testing.assert_array_equal(out.candidates, kept.candidates)
   assert (out.num_forwards == ved_lib.budget(vcfg, 3)).all()
   logp, _, _ = policy.candidate_log_probs(
-      params, {'history': history, 'cand': out.candidates, 'valid': out.valid}, cfg=CFG)
+      params, policy.Candidates(history=history, cand=out.candidates, valid=out.valid), cfg=CFG)
   np.testing.assert_allclose(np.where(out.valid, out.scores, 0), np.sum(logp, -1), rtol=1e-4,
                              atol=1e-4)
   search.ved_search.clear_cache()

@@ -266,14 +266,14 @@ def test_sentence_encoder_text_is_minionerec_s():
 
 
 def test_prepare_imports_only_io_data_and_text_embedding():
-  allowed = ('vstar_jax.io', 'vstar_jax.data', 'vstar_jax.sid.text_embedding', 'vstar_jax.prepare')
+  allowed = ('vstar_jax.files', 'vstar_jax.data', 'vstar_jax.sid.text_embedding', 'vstar_jax.prepare')
   for path in (REPO / 'vstar_jax' / 'prepare').glob('*.py'):
     for node in ast.walk(ast.parse(path.read_text())):
       names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                [f'{node.module}.{a.name}' for a in node.names]
                if isinstance(node, ast.ImportFrom) and node.module else [])
       for name in names:
-        if name.startswith('vstar_jax') and name != 'vstar_jax.io':
+        if name.startswith('vstar_jax') and name != 'vstar_jax.files':
           assert name.startswith(allowed), f'{path.name} imports {name}'
 
 
@@ -295,7 +295,7 @@ def test_prepared_config_takes_max_history_from_stats_and_loads(tmp_path):
   _prepare_2018(tmp_path)
   c = module.get_config(str(tmp_path / 'Office'))  # the CLI validates it in test_prepare_e2e
   assert (c.dataset, c.data_dir, c.data.name, c.data.max_history) == ('prepared', str(tmp_path), 'Office', 2)
-  assert (c.sid.source, c.sft.ema_decay, c.rl.lr) == ('given', 0.995, 1e-5)
+  assert (c.sid.source, c.sft.ema_decay, c.rl.lr, c.rl.w_sft) == ('given', 0.995, 1e-4, 1.0)
   with pytest.raises(amazon.DataError, match='no SIDs yet'):
     loading.load(c)
   sids.write_sids(tmp_path, 'Office', np.arange(12).reshape(4, 3))
@@ -317,3 +317,36 @@ def test_csv_without_title_column_keeps_every_item_titled_by_its_id(tmp_path):
   assert not list((tmp_path / 'out' / 'index').glob('*.npy'))
   assert [r[:3] for r in _rows(tmp_path / 'out', 'T', 'train')][:2] == [('A0', [0], 1), ('A1', [1], 0)]
   assert (tmp_path / 'out' / 'info' / 'T.txt').read_text() == '\ta\t0\n\tb\t1\n'
+
+
+def test_titles_with_tabs_and_line_breaks_stay_one_info_field(tmp_path):
+  """A title's tab or line break (legal in a quoted CSV field or a JSON string) would split its
+  item's line of the tab-separated info file; prepare and sid write them as spaces."""
+  path = tmp_path / 'log.csv'
+  rows = [(f'u{u}', item, u * 10 + k) for u in range(7) for k, item in enumerate('ab')]
+  titles_of = {'a': 'Red\tPen', 'b': 'Blue\nBlack\r\nInk'}
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['user', 'item', 'timestamp', 'title'])
+    writer.writerows((u, i, t, titles_of[i]) for u, i, t in rows)
+  build.build('csv', tmp_path / 'out', 'T', interactions=path, user_k=2, item_k=2, encoder='tfidf')
+  info = (tmp_path / 'out' / 'info' / 'T.txt').read_text()
+  assert info.splitlines() == ['\tRed Pen\t0', '\tBlue Black  Ink\t1']
+  # An older prepared dataset whose item file still holds a tab: sid writes a readable info file.
+  items_path = tmp_path / 'out' / 'index' / 'T.item.json'
+  items = json.loads(items_path.read_text())
+  items['0']['title'] = 'Red\tPen'
+  items_path.write_text(json.dumps(items))
+  sids.write_sids(tmp_path / 'out', 'T', np.array([[0, 1, 2], [1, 2, 3]]))
+  loaded = prepared.load(tmp_path / 'out', 'T', max_history=10, num_codes=8)
+  assert loaded.num_items == 2
+  assert (tmp_path / 'out' / 'info' / 'T.txt').read_text().splitlines()[0] == '<a_0><b_1><c_2>\tRed Pen\t0'
+
+
+def test_cli_user_errors_exit_2_with_one_line(tmp_path):
+  for args in ([], ['csv', '--name=X'], ['csv', f'--interactions={tmp_path / "none.csv"}',
+                                          f'--out={tmp_path / "o"}', '--name=X']):
+    proc = subprocess.run([sys.executable, '-m', 'vstar_jax.prepare', *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith('error: '), args

@@ -85,7 +85,8 @@ def test_baseline_rl_recommend_on_a_prepared_dataset(tmp_path):
   _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=baseline')
   pop = json.loads((work / 'eval' / 'popularity_test' / 'metrics.json').read_text())
   _run('vstar_jax.main', *config, f'--workdir={work}', '--config.mode=rl', '--config.sft.epochs=1',
-       '--config.rl.steps=2', '--config.rl.batch_users=16', '--config.rl.value_pretrain_steps=2',
+       '--config.rl.steps=2', '--config.rl.epochs=0', '--config.rl.batch_users=16',
+       '--config.rl.value_pretrain_steps=2',
        '--config.rl.valid_every=2', '--config.rl.valid_max_rows=50', '--config.rl.valid_beams=10',
        '--config.rl.group_size=8')
   rl = json.loads((work / 'eval' / 'rl_test' / 'metrics.json').read_text())

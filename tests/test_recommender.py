@@ -12,7 +12,7 @@ from vstar_jax import default_config
 from vstar_jax import recommender
 from vstar_jax.data import types
 from vstar_jax.decode import search
-from vstar_jax.train import sft
+from vstar_jax.model import backbone
 
 # Item -> (SID, title). Items 3, 4 and 5 share one SID; 3 and 4 are one product listed twice.
 CATALOGUE = {0: ((0, 0, 0), 'A'), 1: ((0, 0, 1), 'B'), 2: ((0, 1, 0), 'C'), 3: ((1, 0, 0), 'D'),
@@ -30,8 +30,8 @@ def rec():
   config = default_config.base_config()
   config.model.num_layers, config.model.d_model, config.model.num_heads = 1, 16, 2
   config.model.d_ff, config.model.item_hash_buckets = 32, 0
-  config.rl.ved.width, config.eval.ved_multiplier = 2, 2.0  # a 10-forward VED: a quick compile
-  cfg = sft.decoder_config(config, dataset)
+  config.ved.width, config.eval.ved_multiplier = 2, 2.0  # a 10-forward VED: a quick compile
+  cfg = backbone.model_config(config, dataset)
   return recommender.Recommender(decoder_fixture.random_params(cfg), cfg, dataset, config, 'sft')
 
 

@@ -1,5 +1,7 @@
 """Tests for vstar_jax.rl.rewards on hand-built groups."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from vstar_jax.rl import rewards
+from vstar_jax.rl import rollouts
 from vstar_jax.sid import trie as trie_lib
 
 TARGET = np.array([[1, 2, 3]], np.int32)
@@ -131,10 +134,12 @@ def test_dense_value_targets_by_hand():
   target, target_item = item_codes[None, 0], np.array([0], np.int32)
   emb = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [1.0, 1.0]], np.float32)
   values = np.arange(16, dtype=np.float32).reshape(1, 4, 4) / 10
-  tcfg = rewards.ValueTargetConfig(weights=(0.3, 0.5, 1.0), gamma=0.9,
-                                          use_item_embeddings=True)
-  got = jax.jit(rewards.dense_value_targets, static_argnums=7)(
-      cand, valid, target, target_item, values, trie, emb, tcfg)
+  ro = rollouts.Rollout.create(cand, valid, np.zeros((1, 4), np.float32), np.zeros(1, np.int32))
+  inputs = rewards.RewardInputs(target=target, target_item=target_item, trie=trie, item_emb=emb)
+  dense_cfg = rewards.DenseRewardConfig(weights=(0.3, 0.5, 1.0), gamma=0.9,
+                                        use_item_embeddings=True)
+  targets_fn = jax.jit(rewards.dense_value_targets, static_argnums=3)
+  got = targets_fn(ro, inputs, values, dense_cfg)
   # Level rewards: match pays w_l, a miss -w_l * (1 - cos(emb(pred), emb(target))).
   level = np.array([[0.3, 0.5, 1.0],
                     [0.3, 0.5, -1.0 * (1 - 0.6)],
@@ -147,3 +152,25 @@ def test_dense_value_targets_by_hand():
   np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(
       rewards.candidate_items(trie, cand), [[0, 1, 2, -1]])
+  # value_target 'rl_reward': the RL reward paid at the leaf, nothing on the way.
+  reward = np.array([[1.0, 0.5, 0.2, 0.7]], np.float32)
+  got = targets_fn(ro, inputs, values,
+                   dataclasses.replace(dense_cfg, value_target='rl_reward'), reward)
+  want[:3] = np.concatenate([0.9 * v[:3, 1:], reward[0, :3, None]], -1)
+  np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-6)
+
+
+def test_registry_rewards_read_the_rollout_and_its_inputs():
+  """Each REWARDS entry is its array function on (Rollout, RewardInputs); the simulator's
+  'preference' is not among them (rl.simulator_reward)."""
+  ro = rollouts.Rollout.create(CAND, VALID, SCORE, np.zeros(1, np.int32))
+  inputs = rewards.RewardInputs(target=TARGET, target_item=np.zeros(1, np.int32),
+                                trie=trie_lib.build_trie(CAND[0], 4))
+  want = {'rule': rewards.rule_reward(CAND, VALID, TARGET),
+          'ranking': rewards.ranking_reward(CAND, VALID, TARGET, SCORE),
+          'prefix': rewards.prefix_reward(CAND, VALID, TARGET)[1]}
+  want['ranking+prefix'] = want['ranking'] + want['prefix']
+  assert set(rewards.REWARDS) == set(want)
+  for name, fn in rewards.REWARDS.items():
+    got = jax.jit(fn, static_argnums=2)(ro, inputs, rewards.DenseRewardConfig())
+    np.testing.assert_allclose(got, want[name], rtol=1e-6, err_msg=name)

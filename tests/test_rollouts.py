@@ -25,43 +25,47 @@ SCORE = np.where(VALID, -np.arange(4, dtype=np.float32), -np.inf)
 
 
 def rollout():
-  return {'cand': jnp.asarray(CAND), 'valid': jnp.asarray(VALID),
-          'rank_score': jnp.asarray(SCORE), 'forwards': jnp.full((3,), 9, jnp.int32)}
+  return rollouts.Rollout.create(jnp.asarray(CAND), jnp.asarray(VALID), jnp.asarray(SCORE),
+                                 jnp.full((3,), 9, jnp.int32))
 
 
 def test_missing_targets_take_the_last_slot_and_hits_are_untouched():
+  assert not np.asarray(rollout().injected).any()
   out = jax.jit(rollouts.inject_target)(rollout(), jnp.asarray(TARGET))
-  np.testing.assert_array_equal(out['injected'], [False, True, True])
-  np.testing.assert_array_equal(out['cand'][0], CAND[0])
-  np.testing.assert_array_equal(out['valid'][0], VALID[0])
+  assert isinstance(out, rollouts.Rollout)
+  np.testing.assert_array_equal(out.injected, [False, True, True])
+  np.testing.assert_array_equal(out.candidates[0], CAND[0])
+  np.testing.assert_array_equal(out.valid[0], VALID[0])
   for user in (1, 2):
-    np.testing.assert_array_equal(out['cand'][user, :3], CAND[user, :3])
-    np.testing.assert_array_equal(out['cand'][user, 3], TARGET[user])
-  np.testing.assert_array_equal(out['valid'][2], [True, True, False, True])
-  np.testing.assert_array_equal(out['rank_score'], SCORE)
-  hits = np.asarray(rewards.rule_reward(out['cand'], out['valid'], jnp.asarray(TARGET)))
+    np.testing.assert_array_equal(out.candidates[user, :3], CAND[user, :3])
+    np.testing.assert_array_equal(out.candidates[user, 3], TARGET[user])
+  np.testing.assert_array_equal(out.valid[2], [True, True, False, True])
+  np.testing.assert_array_equal(out.rank_score, SCORE)
+  np.testing.assert_array_equal(out.forwards, [9, 9, 9])
+  hits = np.asarray(rewards.rule_reward(out.candidates, out.valid, jnp.asarray(TARGET)))
   np.testing.assert_array_equal(hits.sum(-1), [1, 1, 1])     # exactly one hit per group
+  np.testing.assert_array_equal(rollouts.group_hit(CAND, VALID, TARGET), [True, False, False])
 
 
 def test_every_injected_group_has_advantages_and_the_target_ranks_last():
   target = jnp.asarray(TARGET)
-  plain = rewards.ranking_reward(rollout()['cand'], rollout()['valid'], target, SCORE)
-  assert not np.asarray(advantages.group_advantages(plain, rollout()['valid']))[1:].any()
+  plain = rewards.ranking_reward(rollout().candidates, rollout().valid, target, SCORE)
+  assert not np.asarray(advantages.group_advantages(plain, rollout().valid))[1:].any()
   out = rollouts.inject_target(rollout(), target)
-  reward = rewards.ranking_reward(out['cand'], out['valid'], target, out['rank_score'])
-  rank = np.asarray(rewards.candidate_rank(out['rank_score'], out['valid']))
+  reward = rewards.ranking_reward(out.candidates, out.valid, target, out.rank_score)
+  rank = np.asarray(rewards.candidate_rank(out.rank_score, out.valid))
   assert rank[1, 3] == 3 and rank[2, 3] == 2                # the injected target ranks last
   np.testing.assert_allclose(reward[1, 3], 1.0)
   assert (np.asarray(reward)[1, :3] < 0).all()
-  adv = np.asarray(advantages.group_advantages(reward, out['valid']))
-  assert (adv[:, :][np.asarray(out['valid'])] != 0).all()
+  adv = np.asarray(advantages.group_advantages(reward, out.valid))
+  assert (adv[:, :][np.asarray(out.valid)] != 0).all()
 
 
 def test_rollout_hit_counts_the_policys_own_hits_only():
   target = jnp.asarray(TARGET)
   out = rollouts.inject_target(rollout(), target)
-  reward = rewards.ranking_reward(out['cand'], out['valid'], target, out['rank_score'])
-  scored = {'reward': reward, 'group_adv': advantages.group_advantages(reward, out['valid'])}
+  reward = rewards.ranking_reward(out.candidates, out.valid, target, out.rank_score)
+  scored = {'reward': reward, 'group_adv': advantages.group_advantages(reward, out.valid)}
   metrics = step_lib.rollout_metrics(out, scored, target, None)
   np.testing.assert_allclose(metrics['rollout_hit'], 1 / 3, rtol=1e-6)
   np.testing.assert_allclose(metrics['target_injected'], 2 / 3, rtol=1e-6)
@@ -78,6 +82,7 @@ def test_sample_rollout_is_g_sampled_sids_ranked_by_log_prob_at_beam_cost():
                                                        settings=settings))(
       ts.histories(2), jnp.arange(2), jax.random.key(0))
   codes, score = ts.draws(2, 8)
-  np.testing.assert_array_equal(ro['cand'], codes)
-  np.testing.assert_allclose(ro['rank_score'], score, rtol=1e-6)
-  assert np.asarray(ro['valid']).all() and (np.asarray(ro['forwards']) == 1 + 2 * 8).all()
+  np.testing.assert_array_equal(ro.candidates, codes)
+  np.testing.assert_allclose(ro.rank_score, score, rtol=1e-6)
+  assert np.asarray(ro.valid).all() and (np.asarray(ro.forwards) == 1 + 2 * 8).all()
+  assert not np.asarray(ro.injected).any()

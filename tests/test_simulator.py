@@ -113,12 +113,44 @@ def test_user_scores_and_their_paired_tests_over_seeds():
 def test_rollout_specs_set_the_rl_config_and_bad_ones_name_the_flag():
   base = simulator_benchmark.experiment_config()
   beam = simulator_rollouts.rollout_config(base, 'beam')
-  assert beam.rl.rollout == 'beam' and beam.rl.ved.to_dict() == base.rl.ved.to_dict()
+  assert beam.rl.rollout == 'beam' and beam.ved.to_dict() == base.ved.to_dict()
   ved = simulator_rollouts.rollout_config(base, 'ved:lookahead:logprob:4:2.5')
-  assert (ved.rl.rollout, ved.rl.ved.selection, ved.rl.ved.leaf_ranking) == ('ved', 'lookahead',
+  assert (ved.rl.rollout, ved.ved.selection, ved.ved.leaf_ranking) == ('ved', 'lookahead',
                                                                             'logprob')
-  assert (ved.rl.ved.multiplier, ved.rl.ved.beta) == (4.0, 2.5)
-  assert base.rl.ved.selection == 'ucb'        # the benchmark's own config is not touched
-  for bad in ('greedy', 'beam:ucb:value:2', 'ved:ucb:value'):
+  assert (ved.ved.multiplier, ved.ved.beta) == (4.0, 2.5)
+  assert base.ved.selection == 'ucb'        # the benchmark's own config is not touched
+  wide = simulator_rollouts.rollout_config(base, 'beam:25')
+  assert (wide.rl.rollout, wide.rl.group_size) == ('beam', 25) and base.rl.group_size == 16
+  oracle = simulator_rollouts.rollout_config(base, 'ved_oracle:ucb:value:8')
+  assert (oracle.rl.rollout, oracle.ved.multiplier) == ('ved_oracle', 8.0)
+  for bad in ('greedy', 'beam:ucb:value:2', 'ved:ucb:value', 'beam:wide', 'sample:2',
+              'ved_oracle:ucb'):
     with pytest.raises(ValueError, match='--rollouts'):
       simulator_rollouts.rollout_config(base, bad)
+
+
+def test_every_variant_is_a_valid_config_and_reports_its_final_kl(tmp_path):
+  """Each --variants entry overrides a copy of the experiment config into a valid RL config
+  (its rollout and reward resolved in the simulator's registries); final_kl averages the last
+  KL_WINDOW iterations of metrics.jsonl."""
+  from vstar_jax.rl import settings as settings_lib      # pylint: disable=g-import-not-at-top
+  from vstar_jax.train import metrics_log                # pylint: disable=g-import-not-at-top
+  base = simulator_benchmark.experiment_config()
+  for name, overrides in simulator_benchmark.ALL_VARIANTS.items():
+    config = simulator_benchmark.variant_config(base, name)
+    settings_lib.validate_config(config, simulator_benchmark.REWARDS, simulator_benchmark.ROLLOUTS)
+    settings = settings_lib.RlSettings.from_config(config, rewards=simulator_benchmark.REWARDS,
+                                                   rollouts=simulator_benchmark.ROLLOUTS)
+    assert settings.rollout is simulator_benchmark.ROLLOUTS[config.rl.rollout]
+    for key, value in overrides.items():
+      section, field = key.split('.')
+      assert config[section][field] == value, (name, key)
+  assert base.to_dict() == simulator_benchmark.experiment_config().to_dict()   # untouched
+  assert simulator_benchmark.variant_config(base, 'vstar_heads_only').rl.value_grad == 'heads'
+  assert simulator_benchmark.variant_config(base, 'vstar_oracle').rl.rollout == 'ved_oracle'
+  log = metrics_log.MetricsLog(tmp_path)
+  for step in range(1, 15):
+    log.write('rl', step, kl=float(step))
+  log.write('rl', 15, valid_ndcg=0.1)                    # a validation record carries no kl
+  assert simulator_benchmark.final_kl(tmp_path) == pytest.approx(np.mean(np.arange(5, 15)))
+  assert np.isnan(simulator_benchmark.final_kl(tmp_path / 'none'))

@@ -13,8 +13,11 @@ import decoder_fixture
 from vstar_jax import default_config
 from vstar_jax.data import batching
 from vstar_jax.data import synthetic
+from vstar_jax.model import backbone
 from vstar_jax.model import policy
 from vstar_jax.rl import loss as loss_lib
+from vstar_jax.rl import rewards
+from vstar_jax.rl import rollouts
 from vstar_jax.rl import settings as settings_lib
 from vstar_jax.rl import step as step_lib
 from vstar_jax.sid import trie as trie_lib
@@ -27,7 +30,7 @@ def _problem():
   config = default_config.base_config()
   config.model.num_layers, config.model.d_model, config.model.num_heads = 1, 32, 2
   config.model.d_ff, config.rl.group_size = 64, 8
-  cfg = sft.decoder_config(config, data)
+  cfg = backbone.model_config(config, data)
   return data, config, cfg, decoder_fixture.random_params(cfg)
 
 
@@ -48,7 +51,7 @@ def _pg_grad(params, loss_batch, cfg):
 def test_no_hit_batch_gives_zero_policy_gradient(reward):
   data, config, cfg, params = _problem()
   config.rl.reward = reward
-  settings = settings_lib.RlSettings.from_config(config.rl)
+  settings = settings_lib.RlSettings.from_config(config)
   users = batching.UserRows.from_dataset(data, ('train',))
   rng = np.random.default_rng(0)
   num_users, group = 8, config.rl.group_size
@@ -57,17 +60,20 @@ def test_no_hit_batch_gives_zero_policy_gradient(reward):
                    for _ in range(num_users)])
   valid = np.arange(group)[None, :] < rng.integers(3, group + 1, size=(num_users, 1))
   cand = np.where(valid[..., None], cand, -1)
-  ro = {'cand': cand, 'valid': valid,
-        'rank_score': np.where(valid, -np.arange(group, dtype=np.float32), -np.inf)}
-  fwd = {'history': users.history[:num_users], 'cand': cand, 'valid': valid}
-  old_logp, old_values, _ = _policy(params, fwd, cfg)
+  ro = rollouts.Rollout.create(
+      cand, valid, np.where(valid, -np.arange(group, dtype=np.float32), -np.inf),
+      np.zeros(num_users, np.int32))
+  candidates = policy.Candidates(history=users.history[:num_users], cand=cand, valid=valid)
+  old_logp, old_values, _ = _policy(params, candidates, cfg)
   trie = trie_lib.build_trie(data.item_codes, data.num_codes)
 
   def pg_grad(target):
-    batch = {'target': target, 'target_item': users.target_item[:num_users]}
-    scored = jax.jit(lambda: step_lib.score_rollout(ro, batch, old_values, trie, None, settings))()
-    loss_batch = dict(fwd, old_logp=old_logp, group_adv=scored['group_adv'],
-                      sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'])
+    inputs = rewards.RewardInputs(target=target, target_item=users.target_item[:num_users],
+                                  trie=trie)
+    scored = jax.jit(lambda: step_lib.score_rollout(ro, inputs, old_values, settings))()
+    loss_batch = loss_lib.LossBatch(
+        candidates=candidates, old_logp=old_logp, group_adv=scored['group_adv'],
+        sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'], target=target)
     return _pg_grad(params, loss_batch, cfg), scored
 
   no_hit = np.full((num_users, 3), data.num_codes, np.int32)  # code K exists nowhere
@@ -84,7 +90,7 @@ def test_anchor_history_dropout_changes_only_the_anchor():
   """rl.anchor_history_dropout masks history items in the anchor's NLL only: one iteration from
   the same state draws the same rollouts (same reward, hits, advantages) with and without it,
   while the anchor's NLL is read from the masked histories; the anchor of target_nll reads
-  batch['anchor_history'] when given."""
+  batch.anchor_history when given."""
   from vstar_jax import parallel
   data, config, cfg, params = _problem()
   users = batching.UserRows.from_dataset(data, ('train',))
@@ -93,10 +99,10 @@ def test_anchor_history_dropout_changes_only_the_anchor():
   batch = users.batch(batching.batch_rows(len(users), 16, 0, 0, 0), mesh)
 
   def one_iteration(rate):
-    r = config.rl.copy_and_resolve_references()
-    r.w_sft, r.anchor_history_dropout, r.batch_users = 1.0, rate, 16
-    settings_lib.validate_config(r)
-    settings = settings_lib.RlSettings.from_config(r)
+    c = config.copy_and_resolve_references()
+    c.rl.w_sft, c.rl.anchor_history_dropout, c.rl.batch_users = 1.0, rate, 16
+    settings_lib.validate_config(c)
+    settings = settings_lib.RlSettings.from_config(c)
     state = parallel.replicate(step_lib.init_state(params, settings, 0), mesh)
     _, metrics = step_lib.make_programs(cfg, settings, mesh).iteration(state, batch, trie, None)
     return jax.device_get(metrics)
@@ -107,15 +113,23 @@ def test_anchor_history_dropout_changes_only_the_anchor():
   assert abs(float(on['sft_nll']) - float(off['sft_nll'])) > 1e-3
 
   policy_fn = functools.partial(policy.candidate_log_probs, cfg=cfg)
-  plain = {'history': np.asarray(batch['history']), 'target': np.asarray(batch['target'])}
-  masked = sft.drop_history_items(plain['history'], 0.6, jax.random.key(3))
-  assert (np.asarray(masked) != plain['history']).any()
+  history, target = np.asarray(batch.history), np.asarray(batch.target)
+  masked = sft.drop_history_items(history, 0.6, jax.random.key(3))
+  assert (np.asarray(masked) != history).any()
+
+  def loss_batch(history, anchor_history=None):   # target_nll reads only these fields
+    rows = target.shape[0]
+    return loss_lib.LossBatch(
+        candidates=policy.Candidates(history=history, cand=target[:, None],
+                                     valid=np.ones((rows, 1), bool)),
+        old_logp=None, group_adv=None, sibling_adv=None, value_targets=None, target=target,
+        anchor_history=anchor_history)
+
   nll = jax.jit(lambda b: loss_lib.target_nll(params, b, policy_fn, None))
-  np.testing.assert_allclose(nll(dict(plain, anchor_history=plain['history'])), nll(plain),
-                             rtol=1e-6)
-  np.testing.assert_allclose(nll(dict(plain, anchor_history=masked)),
-                             nll(dict(plain, history=masked)), rtol=1e-6)
-  assert abs(float(nll(dict(plain, anchor_history=masked))) - float(nll(plain))) > 1e-3
+  plain = loss_batch(history)
+  np.testing.assert_allclose(nll(loss_batch(history, history)), nll(plain), rtol=1e-6)
+  np.testing.assert_allclose(nll(loss_batch(history, masked)), nll(loss_batch(masked)), rtol=1e-6)
+  assert abs(float(nll(loss_batch(history, masked))) - float(nll(plain))) > 1e-3
 
 
 def test_anchor_histories_do_not_depend_on_the_batch_split():
@@ -127,9 +141,9 @@ def test_anchor_histories_do_not_depend_on_the_batch_split():
   rows = batching.batch_rows(len(users), 16, 0, 0, 0)
   batch = jax.device_get(users.batch(rows, parallel.make_mesh(jax.devices()[:1])))
   key = jax.random.key(5)
-  whole = np.asarray(step_lib.anchor_histories(batch['history'], batch['user_index'], key, 0.6))
+  whole = np.asarray(step_lib.anchor_histories(batch.history, batch.user_index, key, 0.6))
   halves = np.concatenate([np.asarray(step_lib.anchor_histories(
-      batch['history'][i:i + 8], batch['user_index'][i:i + 8], key, 0.6)) for i in (0, 8)])
+      batch.history[i:i + 8], batch.user_index[i:i + 8], key, 0.6)) for i in (0, 8)])
   np.testing.assert_array_equal(whole, halves)
-  assert (whole != np.asarray(batch['history'])).any()
-  np.testing.assert_array_equal(whole[:, -1], np.asarray(batch['history'])[:, -1])
+  assert (whole != np.asarray(batch.history)).any()
+  np.testing.assert_array_equal(whole[:, -1], np.asarray(batch.history)[:, -1])

@@ -27,3 +27,16 @@ def test_table_lists_fresh_evaluations_and_the_baselines(tmp_path):
   assert [line.split()[0] for line in lines[2:]] == ['transition', 'sft']
   assert lines[3].split()[:3] == ['sft', '*', '600'] and lines[3].split()[-2:] == ['0.6000', '-']
   assert summary.table([w], 'test', start) == ''  # nothing written since the start
+
+
+def test_an_rl_row_that_kept_the_sft_policy_says_so(tmp_path):
+  start = time.time()
+  _write(tmp_path, 'sft', 0.5)
+  path = tmp_path / 'eval' / 'rl_test' / 'metrics.json'
+  path.parent.mkdir(parents=True)
+  path.write_text(json.dumps({'HR@10': 0.5, 'n': 600, 'best_step': 0, 'rl_steps': 40}))
+  table = summary.table([tmp_path], 'test', start)
+  assert table.splitlines()[-1] == ('note: rl kept step 0 (the SFT policy): no RL step beat it on '
+                                    'valid NDCG@10 (40 steps); rl_final is what RL ended with')
+  path.write_text(json.dumps({'HR@10': 0.6, 'n': 600, 'best_step': 20, 'rl_steps': 40}))
+  assert 'note' not in summary.table([tmp_path], 'test', start)

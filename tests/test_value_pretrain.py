@@ -10,6 +10,7 @@ from vstar_jax import default_config
 from vstar_jax import parallel
 from vstar_jax.data import batching
 from vstar_jax.data import synthetic
+from vstar_jax.model import backbone
 from vstar_jax.model import decoder
 from vstar_jax.rl import loop
 from vstar_jax.rl import settings as settings_lib
@@ -18,7 +19,6 @@ from vstar_jax.rl import value_pretrain
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import checkpoint as checkpoint_lib
 from vstar_jax.train import metrics_log
-from vstar_jax.train import sft
 
 PRETRAIN_STEPS = 40
 
@@ -28,7 +28,7 @@ def tiny_config():
   c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 1, 32, 2, 64
   c.eval.batch_size = 50
   r = c.rl
-  r.group_size, r.ved.width, r.batch_users = 8, 4, 16
+  r.group_size, c.ved.width, r.batch_users = 8, 4, 16
   r.steps, r.valid_every, r.checkpoint_every = 2, 2, 0
   r.valid_max_rows, r.valid_beams = 50, 10
   return c
@@ -38,14 +38,14 @@ def tiny_config():
 def problem():
   data = synthetic.make_dataset(num_items=120, num_users=150, num_codes=8, seq_len=8)
   config = tiny_config()
-  cfg = sft.decoder_config(config, data)
+  cfg = backbone.model_config(config, data)
   return data, config, cfg, decoder.init_params(cfg, jax.random.key(0))
 
 
 def test_value_pretraining_lowers_the_loss_and_trains_only_the_head(problem):
   data, config, cfg, params = problem
   r = config.rl
-  settings = settings_lib.RlSettings.from_config(r)
+  settings = settings_lib.RlSettings.from_config(config)
   mesh = parallel.make_mesh()
   users = batching.UserRows.from_dataset(data, ('train',))
   steps_per_epoch = len(users) // r.batch_users
@@ -89,7 +89,7 @@ def test_catalogue_candidates_are_every_item_sid_once(problem):
   trie = trie_lib.build_trie(data.item_codes, data.num_codes)
   history = jnp.zeros((3, 4, trie.num_levels), jnp.int32)
   out = value_pretrain.catalogue_candidates(None, trie, history, None, None)
-  cand, valid = np.asarray(out['cand']), np.asarray(out['valid'])
+  cand, valid = np.asarray(out.candidates), np.asarray(out.valid)
   assert cand.shape == (3, trie.num_nodes, trie.num_levels) and valid.shape == cand.shape[:2]
   np.testing.assert_array_equal(cand[0], cand[2])           # the same catalogue for every user
   sids = {tuple(c) for c in cand[0][valid[0]].tolist()}
@@ -104,7 +104,7 @@ def test_catalogue_coverage_fits_the_heads_on_every_item(problem):
   data, config, cfg, params = problem
   config = tiny_config()
   config.rl.value_coverage = 'catalogue'
-  settings = settings_lib.RlSettings.from_config(config.rl)
+  settings = settings_lib.RlSettings.from_config(config)
   assert settings.value_coverage == 'catalogue'
   mesh = parallel.make_mesh()
   users = batching.UserRows.from_dataset(data, ('train',))

@@ -12,6 +12,7 @@ import pytest
 from vstar_jax.decode import beam
 from vstar_jax.decode import selection
 from vstar_jax.decode import ved as ved_lib
+from vstar_jax.model import expansion
 from vstar_jax.sid import trie as trie_lib
 
 L = 3
@@ -65,8 +66,9 @@ def toy_fns(tables, batch):
   def outputs(prefix, code):
     row = jnp.sum((prefix + 1) * (num_codes + 1) ** jnp.arange(L), axis=-1)
     users = jnp.arange(batch)[:, None]
-    return (jax.nn.log_softmax(logits[users, row], axis=-1), values[users, row], q[users, row],
-            code)
+    return expansion.Expansion(log_probs=jax.nn.log_softmax(logits[users, row], axis=-1),
+                               value=values[users, row], child_values=q[users, row],
+                               embedding=code)
 
   def root_fn():
     return outputs(jnp.full((batch, 1, L), -1, jnp.int32), jnp.full((batch, 1), -1, jnp.int32))
@@ -206,12 +208,14 @@ def kernel_order(out, user):
 
 
 CONFIGS = [
-    ved_lib.VedConfig(width=4, multiplier=4, selection='ucb', group_size=12),
+    ved_lib.VedConfig(width=4, multiplier=4, selection='ucb', per_step=0, group_size=12),
     ved_lib.VedConfig(width=4, multiplier=4, selection='ucb', per_step=1, group_size=12),
-    ved_lib.VedConfig(width=3, multiplier=5, selection='puct', beta=2.0, leaf_ranking='value'),
-    ved_lib.VedConfig(width=4, multiplier=3, selection='best_first', leaf_ranking='mix', mix=3.0),
+    ved_lib.VedConfig(width=3, multiplier=5, selection='puct', beta=2.0, leaf_ranking='value',
+                      per_step=0),
+    ved_lib.VedConfig(width=4, multiplier=3, selection='best_first', leaf_ranking='mix', mix=3.0,
+                      per_step=0),
     ved_lib.VedConfig(width=2, multiplier=6, selection='ucb', lam=0.5, beta=0.3, per_step=3),
-    ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', group_size=10),
+    ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', per_step=0, group_size=10),
     ved_lib.VedConfig(width=3, multiplier=4, selection='lookahead', per_step=1, group_size=10,
                       lookahead_weight=1.0),
 ]
@@ -232,7 +236,7 @@ def test_equals_the_plain_python_reference(cfg, shape):
 
 @pytest.mark.parametrize('multiplier', [1, 2, 4, 8])
 def test_forwards_are_expanded_nodes_within_budget_and_no_leaf_is_forwarded(multiplier):
-  cfg = ved_lib.VedConfig(width=4, multiplier=multiplier)
+  cfg = ved_lib.VedConfig(width=4, multiplier=multiplier, selection='ucb', per_step=0)
   out = run(cfg, WIDE)
   total = ved_lib.budget(cfg, L)
   assert total == int(multiplier * 9)
@@ -243,7 +247,7 @@ def test_forwards_are_expanded_nodes_within_budget_and_no_leaf_is_forwarded(mult
 
 
 def test_small_trie_runs_dry_without_exceeding_it():
-  cfg = ved_lib.VedConfig(width=8, multiplier=8)
+  cfg = ved_lib.VedConfig(width=8, multiplier=8, selection='ucb', per_step=0)
   p = problem(*SMALL)
   out = run(cfg, SMALL)
   shallow = len({tuple(r[:l]) for r in p.item_codes.tolist() for l in range(L)})
@@ -328,7 +332,7 @@ def test_fixed_key_is_deterministic_and_the_jit_cache_does_not_grow():
 
 
 def test_gate_blocks_parents_below_their_depth_mean():
-  cfg = ved_lib.VedConfig(width=4, multiplier=4)
+  cfg = ved_lib.VedConfig(width=4, multiplier=4, selection='ucb', per_step=0)
   out = run(cfg, WIDE)
   tree = jax.tree.map(jnp.asarray, out.tree)
   passed = np.asarray(selection.gate(tree))
@@ -345,3 +349,21 @@ def test_config_errors_name_the_field():
   assert e.value.field == 'multiplier'
   with pytest.raises(ValueError, match='selection must be one of'):
     ved_lib.VedConfig(selection='random')
+
+
+def test_callbacks_must_return_an_expansion():
+  """A model whose root_fn / expand_fn returns a bare tuple fails at the boundary, naming it."""
+  p = problem(*SMALL)
+  root_fn, expand_fn = toy_fns(tuple(jnp.asarray(t) for t in (p.logits, p.values, p.q)), BATCH)
+
+  def untyped(fn):
+    def call(*args):
+      out = fn(*args)
+      return out.log_probs, out.value, out.child_values, out.embedding
+    return call
+
+  cfg = ved_lib.VedConfig(width=2, multiplier=1, group_size=4)
+  for fns, name in (((untyped(root_fn), expand_fn), 'root_fn'),
+                    ((root_fn, untyped(expand_fn)), 'expand_fn')):
+    with pytest.raises(TypeError, match=f'{name} must return .*Expansion, got tuple'):
+      jax.eval_shape(lambda k, fns=fns: ved_lib.ved(*fns, p.trie, k, cfg), keys_of(0))

@@ -19,11 +19,13 @@ import pathlib
 import time
 
 from absl import logging
-import jax
 import ml_collections
 
 from vstar_jax import baselines
 from vstar_jax import default_config
+from vstar_jax import distributed
+from vstar_jax import parallel
+from vstar_jax import trained
 from vstar_jax import workdir as workdir_lib
 from vstar_jax.default_config import ConfigError
 from vstar_jax.data import amazon
@@ -35,13 +37,12 @@ from vstar_jax.data import types
 from vstar_jax.eval import evaluate
 from vstar_jax.eval import export
 from vstar_jax.eval import validate as validate_lib
-from vstar_jax.model import decoder
+from vstar_jax.model import backbone
 from vstar_jax.prepare import sids as prepared_sids
 from vstar_jax.rl import loop
 from vstar_jax.rl import settings as rl_settings
 from vstar_jax.sid import learn
 from vstar_jax.sid import trie as trie_lib
-from vstar_jax.train import checkpoint as checkpoint_lib
 from vstar_jax.train import metrics_log
 from vstar_jax.train import plots
 from vstar_jax.train import sft
@@ -53,11 +54,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError('mode', f'{c.mode!r} is not one of {default_config.MODES}')
   loading.validate_config(c)
   learn.validate_config(c.sid)
-  if c.model.d_model % c.model.num_heads:
+  backbone.validate_config(c)
+  if c.model.backbone == 'sid' and c.model.d_model % c.model.num_heads:
     raise ConfigError('model.d_model', f'{c.model.d_model} is not divisible by '
                       f'model.num_heads={c.model.num_heads}')
   sft.validate_config(c.sft)
-  rl_settings.validate_config(c.rl)
+  rl_settings.validate_config(c)
   if c.eval.num_beams < 1:
     raise ConfigError('eval.num_beams', f'must be >= 1, got {c.eval.num_beams}')
   if c.eval.batch_size < 1:
@@ -71,6 +73,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in c.baseline.names:
     if name not in baselines.BASELINES:
       raise ConfigError('baseline.names', f'unknown baseline {name!r}')
+  for split in c.baseline.train_splits:
+    if split not in ('train', 'valid', 'holdout'):
+      raise ConfigError('baseline.train_splits', f'{split!r} is not train, valid or holdout')
 
 
 def report_catalogue(dataset: types.Dataset) -> None:
@@ -102,12 +107,13 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ty
     logging.info('decoder item-feature input: %s %s', source, features.shape)
     dataset = dataclasses.replace(dataset, item_features=features)
   report_catalogue(dataset)
-  validate_against_data(config, dataset)
+  if config.mode != 'baseline':  # baselines decode nothing: any catalogue size will do
+    validate_against_data(config, dataset)
   return dataset
 
 
 def validate_against_data(config: ml_collections.ConfigDict, dataset: types.Dataset) -> None:
-  """Rejects settings the data makes impossible, before any training starts."""
+  """Rejects decoding settings the data makes impossible, before any training starts."""
   num_sids = len({tuple(r) for r in dataset.item_codes.tolist()})
   for flag, beams in (('eval.num_beams', config.eval.num_beams), ('sft.valid_beams', config.sft.valid_beams)):
     if beams > num_sids:
@@ -115,20 +121,29 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: types.Data
                        f'{dataset.name} catalogue')
 
 
+def train_rows(dataset: types.Dataset, splits) -> dict:
+  """What a stage trained on, for its metrics.json: the splits and their row count."""
+  present = [s for s in splits if s in dataset.splits]
+  return {'train_splits': present, 'train_rows': int(sum(len(dataset.splits[s]) for s in present))}
+
+
 def run_baselines(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None) -> dict:
-  """Most-popular and transition baselines -> W/eval/<name>_<split>/."""
+  """Most-popular and transition baselines, fit on baseline.train_splits (those the data has:
+  every train row, the RL holdout's included) -> W/eval/<name>_<split>/."""
   dataset = dataset or load_dataset(config, workdir)
   split = config.eval.split
   rows = evaluate.eval_rows(config, len(dataset.splits[split]))
   queries = dataset.splits[split].subset(rows)
+  fit = train_rows(dataset, config.baseline.train_splits)
+  train = types.concat_splits([dataset.splits[s] for s in fit['train_splits']], 'train')
   results = {}
   for name in config.baseline.names:
     start = time.time()
-    codes = baselines.BASELINES[name](dataset.splits['train'], queries, dataset.item_codes,
-                                      config.eval.num_beams)
+    codes = baselines.BASELINES[name](train, queries, dataset.item_codes, config.eval.num_beams)
     results[name] = export.evaluate_and_export(
         evaluate.eval_dir(workdir, name, split), codes, dataset.target_sids[split][rows],
-        dataset.target_codes(split)[rows], dataset.item_codes, {'wall_s': time.time() - start})
+        dataset.target_codes(split)[rows], dataset.item_codes,
+        {'wall_s': time.time() - start, 'split': split, **fit})
     logging.info('%s on %s %s: HR@10 %.4f NDCG@10 %.4f', name, dataset.name, split,
                  results[name].get('HR@10', float('nan')), results[name].get('NDCG@10', float('nan')))
   return results
@@ -168,7 +183,9 @@ def run_prepared_sid(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   """Learns SIDs for a prepared dataset -> W/sid/, and writes them into its index, CSVs and info."""
   embeddings, source = item_embeddings(config, None)
   codes, stats = learn.learn_sids(embeddings, config.sid, str(workdir), embedding_source=source)
-  prepared_sids.write_sids(config.data_dir, config.data.name, codes)
+  if distributed.is_writer():
+    prepared_sids.write_sids(config.data_dir, config.data.name, codes)
+  distributed.barrier('prepared_sids')
   loading.load(config)  # the rewritten files pass the loader's validation
   workdir_lib.record_training(workdir, config)
   return stats
@@ -180,6 +197,8 @@ def plot_stage(workdir: pathlib.Path, stage: str, keys: list[str], dataset: type
 
   valid: the stage's config section (its valid_split, valid_max_rows, valid_beams).
   """
+  if not distributed.is_writer():
+    return
   records = metrics_log.MetricsLog(workdir).read(stage)
   rows = batching.validation_rows(len(dataset.splits[valid.valid_split]), valid.valid_max_rows)
   references = validate_lib.baseline_metrics(dataset, valid.valid_split, rows, valid.valid_beams)
@@ -194,7 +213,10 @@ def run_sft(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
   dataset = dataset or load_dataset(config, workdir)
   init_params = None
   if config.sft.init_workdir:
-    init_params = restore_sft_from(config, 'sft.init_workdir', config.sft.init_workdir, dataset)[0]
+    init_params = trained.restore_sft_from(config, 'sft.init_workdir', config.sft.init_workdir,
+                                           dataset).params
+  elif config.model.backbone == 'hf' and not (workdir / 'checkpoints' / sft.STAGE).exists():
+    init_params = trained.pretrained(config, dataset).params
   start = time.time()
   result = sft.train(config, dataset, workdir, init_params=init_params)
   train_wall = time.time() - start
@@ -202,59 +224,36 @@ def run_sft(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=No
   plot_stage(workdir, sft.STAGE, ['loss', 'acc_L1', 'acc_L3', 'valid_NDCG@10', 'valid_HR@10'],
              dataset, config.sft, result.best_step)
   extra = {'train_wall_s': train_wall, 'train_steps': result.steps,
-           'train_splits': list(config.sft.train_splits), 'seed': config.seed,
+           **train_rows(dataset, config.sft.train_splits), 'seed': config.seed,
            'init_workdir': config.sft.init_workdir, 'holdout': config.data.holdout,
+           'checkpoint_step': result.best_step,
            'best_valid_NDCG@10': result.best_valid.get(sft.BEST_METRIC)}
   return evaluate.evaluate_params(config, workdir, dataset, result.params, result.cfg, 'sft', extra)
-
-
-def restore_params(config, workdir: pathlib.Path, dataset: types.Dataset, stage: str):
-  """(params, cfg) of `stage`'s best checkpoint (latest if none is ranked), or None."""
-  directory = workdir / 'checkpoints' / stage
-  if not directory.exists():
-    return None
-  cfg = sft.decoder_config(config, dataset)
-  try:
-    if stage == loop.STAGE:
-      params = loop.restore_best_params(config, workdir, decoder.init_params(cfg, jax.random.key(0)))
-      return None if params is None else (params, cfg)
-    ckpt = checkpoint_lib.Checkpointer(directory, best_metric=sft.BEST_METRIC)
-    template = sft.state_template(config, dataset)
-    try:
-      restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
-    finally:
-      ckpt.close()
-  except RuntimeError as e:
-    raise checkpoint_lib.config_mismatch(directory, e) from e
-  return None if restored is None else (sft.eval_params(restored[0]), cfg)
-
-
-def restore_sft_from(config, flag: str, init: str, dataset: types.Dataset):
-  """(params, cfg) of the kept SFT model of workdir `init` (set by --config.<flag>); clear error
-  if it has none."""
-  restored = restore_params(config, pathlib.Path(init), dataset, sft.STAGE)
-  if restored is None:
-    raise FileNotFoundError(f'--config.{flag}={init}: no SFT checkpoint under '
-                            f'{init}/checkpoints/{sft.STAGE}; run --config.mode=sft there first')
-  logging.info('%s: starting from the SFT checkpoint of %s', flag.split('.')[0], init)
-  return restored
-
-
-def restore_newest(config, workdir: pathlib.Path, dataset: types.Dataset):
-  """(stage, params, cfg) of the newest trained stage of W (rl if it has one, else sft)."""
-  for stage in ('rl', 'sft'):
-    restored = restore_params(config, workdir, dataset, stage)
-    if restored is not None:
-      return (stage, *restored)
-  raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: run --config.mode=sft first')
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None,
              out: pathlib.Path | None = None) -> dict:
   """Re-evaluates the newest trained stage of W -> out/eval/<stage>_<split>/ (out: W by default)."""
   dataset = dataset or load_dataset(config, workdir)
-  stage, params, cfg = restore_newest(config, workdir, dataset)
-  return evaluate.evaluate_params(config, out or workdir, dataset, params, cfg, stage)
+  kept = trained.restore_newest(config, workdir, dataset)
+  return evaluate.evaluate_params(config, out or workdir, dataset, kept.params, kept.cfg, kept.stage,
+                                  {'checkpoint_step': kept.step})
+
+
+def run_export(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=None,
+               out: pathlib.Path | None = None) -> pathlib.Path:
+  """The newest model of W as a Hugging Face folder -> out/export/hf/ (safetensors, config.json,
+  the tokenizer with the SID tokens): transformers and serving engines load it as it is."""
+  if config.model.backbone != 'hf':
+    raise ConfigError('mode', 'export writes a Hugging Face folder: it needs '
+                      '--config.model.backbone=hf (the SID decoder has no such architecture)')
+  dataset = dataset or load_dataset(config, workdir)
+  kept = trained.restore_newest(config, workdir, dataset)
+  path = pathlib.Path(out or workdir) / 'export' / 'hf'
+  if distributed.is_writer():
+    backbone.export(parallel.to_host(kept.params), kept.cfg, path)
+    logging.info('exported the %s model (step %d) to %s', kept.stage, kept.step, path)
+  return path
 
 
 FINAL_RL_STAGE = 'rl_final'  # W/eval/rl_final_<split>/: the last RL step, when it is not the kept one
@@ -264,14 +263,14 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
   """V-STAR RL from the SFT checkpoint (training SFT first if there is none) -> W/eval/rl_<split>/."""
   dataset = dataset or load_dataset(config, workdir)
   if config.rl.init_workdir:
-    restored = restore_sft_from(config, 'rl.init_workdir', config.rl.init_workdir, dataset)
+    start_from = trained.restore_sft_from(config, 'rl.init_workdir', config.rl.init_workdir, dataset)
   else:
-    restored = restore_params(config, workdir, dataset, sft.STAGE)
-  if restored is None:
+    start_from = trained.restore(config, workdir, dataset, sft.STAGE)
+  if start_from is None:
     logging.info('rl: no SFT checkpoint in %s; running sft first', workdir)
     run_sft(config, workdir, dataset)
-    restored = restore_params(config, workdir, dataset, sft.STAGE)
-  sft_params, cfg = restored
+    start_from = trained.restore(config, workdir, dataset, sft.STAGE)
+  sft_params, cfg = start_from.params, start_from.cfg
   item_emb = item_embeddings(config, dataset)[0] if config.rl.use_item_embeddings else None
   start = time.time()
   result = loop.train(config, dataset, workdir, sft_params, cfg, item_emb=item_emb)
@@ -282,10 +281,14 @@ def run_rl(config: ml_collections.ConfigDict, workdir: pathlib.Path, dataset=Non
                                    'sibling_nonzero_L3', 'kl', 'valid_NDCG@10'],
              dataset, config.rl, result.best_step)
   r = config.rl
+  rollout_rows, sft_rows = train_rows(dataset, r.train_splits), train_rows(dataset, config.sft.train_splits)
   extra = {'rl_wall_s': train_wall, 'rl_steps': result.steps, 'seed': config.seed,
+           'rl_train_splits': rollout_rows['train_splits'], 'rl_train_rows': rollout_rows['train_rows'],
+           'sft_train_splits': sft_rows['train_splits'], 'sft_train_rows': sft_rows['train_rows'],
+           'init_workdir': r.init_workdir,
            'rollout': r.rollout, 'w_sib': r.w_sib, 'reward': r.reward, 'group_size': r.group_size,
-           'ved_multiplier': r.ved.multiplier, 'best_valid_NDCG@10': result.best_valid.get(loop.BEST_METRIC),
-           'best_step': result.best_step}
+           'ved_multiplier': config.ved.multiplier, 'best_valid_NDCG@10': result.best_valid.get(loop.BEST_METRIC),
+           'best_step': result.best_step, 'sft_checkpoint_step': start_from.step}
   if result.final_params is not None and result.best_step != result.steps:
     # The kept policy is an earlier step (step 0 = the SFT policy when RL never beat it on
     # valid): also score what RL ended with, so ablations compare what each variant learned.
@@ -308,5 +311,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   """The stage of config.mode (but recommend); eval writes into `out` (default W)."""
   if config.mode == 'eval':
     run_eval(config, workdir, out=out)
+  elif config.mode == 'export':
+    run_export(config, workdir, out=out)
   else:
     STAGES[config.mode](config, workdir)

@@ -8,8 +8,10 @@ is advanced on the host, never inside a device program).
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
-import jax
+import flax.struct
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -52,6 +54,27 @@ def validation_rows(num_rows: int, max_rows: int) -> np.ndarray:
   return np.unique(np.linspace(0, num_rows - 1, max_rows).round().astype(np.int64))
 
 
+@flax.struct.dataclass
+class UserBatch:
+  """A batch of users, the input of an RL iteration and of value pretraining (sharded on B).
+
+  Attributes:
+    history: [B, T, L] int32, the model input rows (for another backbone, e.g. prompt
+      tokens [B, P]).
+    target: [B, L] int32, each row's logged target SID.
+    target_item: [B] int32, the target's item id.
+    user_index: [B] int32, the row's position in the global batch (what seeds its random
+      draws, so they do not depend on how users are sharded).
+    user_features: [B, F] float32, or None: only the known-reward simulator's splits carry
+      them (its hidden user vectors, read by rl.simulator_reward).
+  """
+  history: jnp.ndarray
+  target: jnp.ndarray
+  target_item: jnp.ndarray
+  user_index: jnp.ndarray
+  user_features: Optional[jnp.ndarray] = None
+
+
 @dataclasses.dataclass
 class UserRows:
   """Users a stage draws batches from: history [N, T, L], target [N, L], target_item [N] and,
@@ -72,18 +95,15 @@ class UserRows:
   def __len__(self) -> int:
     return int(self.history.shape[0])
 
-  def batch(self, rows: np.ndarray, mesh: Mesh) -> dict:
-    """This process's share of the global batch `rows`, assembled into sharded global arrays.
-
-    Each row also carries `user_index`, its position in the global batch (what seeds its
-    random draws, so they do not depend on how users are sharded).
-    """
-    per_process = len(rows) // jax.process_count()
-    local = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  def batch(self, rows: np.ndarray, mesh: Mesh) -> UserBatch:
+    """This process's share of the global batch `rows`, assembled into sharded global arrays
+    (a UserBatch; user_index is each row's position in `rows`)."""
+    local = parallel.process_rows(len(rows))
     rows_here = rows[local]
-    host = {'history': self.history[rows_here], 'target': self.target[rows_here],
-            'target_item': self.target_item[rows_here],
-            'user_index': np.arange(len(rows), dtype=np.int32)[local]}
-    if self.user_features is not None:
-      host['user_features'] = self.user_features[rows_here].astype(np.float32)
+    features = self.user_features
+    host = UserBatch(history=self.history[rows_here], target=self.target[rows_here],
+                     target_item=self.target_item[rows_here],
+                     user_index=np.arange(len(rows), dtype=np.int32)[local],
+                     user_features=None if features is None
+                     else features[rows_here].astype(np.float32))
     return parallel.shard_batch(host, mesh)

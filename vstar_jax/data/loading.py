@@ -21,8 +21,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   if not 0 <= c.data.holdout <= 1:
     raise ConfigError('data.holdout', f'must be in [0, 1] (a fraction of the users), got '
                       f'{c.data.holdout}')
-  for flag, splits in (('sft.train_splits', c.sft.train_splits),
-                       ('rl.train_splits', c.rl.train_splits)):
+  checked = [('sft.train_splits', c.sft.train_splits)]
+  if c.mode in ('rl', 'all'):  # an SFT-only command need not change the RL rows
+    checked.append(('rl.train_splits', c.rl.train_splits))
+  for flag, splits in checked:
     if holdout.SPLIT in splits and not c.data.holdout:
       raise ConfigError(flag, f'{splits} reads the {holdout.SPLIT!r} split, which needs '
                         '--config.data.holdout > 0')
@@ -35,7 +37,7 @@ def load(config: ml_collections.ConfigDict) -> types.Dataset:
     s = config.synthetic
     dataset = synthetic.make_dataset(num_items=s.num_items, num_users=s.num_users,
                                      num_codes=s.num_codes, max_history=config.data.max_history,
-                                     seed=config.seed)
+                                     reverse_users=s.reverse_users, seed=config.seed)
   elif config.dataset == 'prepared':  # made by python -m vstar_jax.prepare; SIDs from mode=sid
     dataset = prepared.load(config.data_dir, config.data.name, max_history=config.data.max_history,
                             num_codes=config.sid.codebook_size, on_bad_row=config.data.on_bad_row)

@@ -11,7 +11,7 @@ its true preference, and each user's true best item is known.
 
 Splits are leave-one-out per user (test: the last logged item, valid: the one before, train:
 the rest); every row carries its user's hidden vector (Split.user_features), which the
-`preference` reward (rl.rewards) reads with the item vectors.
+`preference` reward (rl.simulator_reward) reads with the item vectors.
 """
 
 from __future__ import annotations

@@ -4,8 +4,11 @@ Items get random distinct SIDs. Each user prefers one level-1 subtree and walks
 it: the next item is, with high probability, a fixed "successor" of the current
 item inside the same level-2 group (a learnable transition), otherwise a random
 item of the preferred subtree; with small probability per step the preference
-drifts to another subtree (sequential drift). A model that reads the history
-beats popularity by a wide margin; no files are needed.
+drifts to another subtree (sequential drift). A share `reverse_users` of the users walk
+the successor cycle backwards (their next item is the current item's predecessor): which
+way a user walks shows only in two or more history items, so a first-order transition
+baseline (which sees only the last item) splits its guess where a sequence model does not.
+A model that reads the history beats popularity by a wide margin; no files are needed.
 """
 
 from __future__ import annotations
@@ -33,19 +36,23 @@ def random_sids(rng: np.random.Generator, num_items: int, num_levels: int, num_c
 
 def make_dataset(num_items: int = 400, num_users: int = 600, seq_len: int = 14, max_history: int = 10,
                  num_levels: int = 3, num_codes: int = 16, num_top: int = 8, p_successor: float = 0.7,
-                 p_drift: float = 0.05, seed: int = 0) -> types.Dataset:
+                 p_drift: float = 0.05, reverse_users: float = 0.0, seed: int = 0) -> types.Dataset:
   """A synthetic Dataset; leave-one-out splits (test: last target, valid: the one before)."""
   rng = np.random.default_rng(seed)
   codes = random_sids(rng, num_items, num_levels, num_codes, num_top)
   by_top = [np.flatnonzero(codes[:, 0] == t) for t in range(num_top)]
   by_top = [g for g in by_top if len(g)]
   successor = np.empty(num_items, np.int64)
+  predecessor = np.empty(num_items, np.int64)
   for group in by_top:
     cycle = rng.permutation(group)
     successor[cycle] = np.roll(cycle, -1)
+    predecessor[cycle] = np.roll(cycle, 1)
   popularity = rng.zipf(1.5, size=num_items).astype(np.float64)
   rows = {s: ([], [], [], []) for s in ('train', 'valid', 'test')}
+  reverse_draws = rng.random(num_users) if reverse_users else np.ones(num_users)
   for user in range(num_users):
+    follow = predecessor if reverse_draws[user] < reverse_users else successor
     top = int(rng.integers(len(by_top)))
     seq = [int(rng.choice(by_top[top]))]
     for _ in range(seq_len - 1):
@@ -53,7 +60,7 @@ def make_dataset(num_items: int = 400, num_users: int = 600, seq_len: int = 14, 
         top = int(rng.integers(len(by_top)))
       group = by_top[top]
       if rng.random() < p_successor and codes[seq[-1], 0] == codes[group[0], 0]:
-        seq.append(int(successor[seq[-1]]))
+        seq.append(int(follow[seq[-1]]))
       else:
         weights = popularity[group] / popularity[group].sum()
         seq.append(int(rng.choice(group, p=weights)))

@@ -44,6 +44,16 @@ class Split:
                  self.history_len[rows], self.target_item[rows], features)
 
 
+def concat_splits(splits: list, name: str) -> Split:
+  """The rows of several splits as one (in the order given); histories must share T."""
+  features = [s.user_features for s in splits]
+  return Split(name, np.concatenate([s.user_ids for s in splits]),
+               np.concatenate([s.history_items for s in splits]),
+               np.concatenate([s.history_len for s in splits]),
+               np.concatenate([s.target_item for s in splits]),
+               None if any(f is None for f in features) else np.concatenate(features))
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """A catalogue with its SIDs and its splits.

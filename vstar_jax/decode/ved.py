@@ -27,20 +27,21 @@ B = floor(m (1 + (L-1) w)).
     top G with a validity mask where fewer exist (leaves are distinct trie paths: never
     a duplicate to pad a group).
 
-The model is seen only through `root_fn` and `expand_fn` returning the fields of an
-`ved_tree.Expansion` (model.policy.ved_policy builds them for the decoder with per-node suffix KV
-caches, so one expansion feeds one token).
+The model is seen only through `root_fn` and `expand_fn` returning a model.expansion.Expansion
+record (re-exported as ved_tree.Expansion; model.policy.ved_policy builds them for the decoder
+with per-node suffix KV caches, so one expansion feeds one token).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.default_config import ConfigError
 from vstar_jax.decode import selection
 from vstar_jax.decode import ved_tree
 from vstar_jax.sid import trie as trie_lib
@@ -67,14 +68,14 @@ class VedConfig:
     lookahead_weight: weight of the log-prob still to come in the 'lookahead' rule.
   """
   width: int = 8
-  multiplier: float = 1.0
+  multiplier: float = 2.0
   lam: float = 0.1
   beta: float = 1.0
   group_size: int = 16
-  selection: str = 'ucb'
+  selection: str = 'lookahead'
   leaf_ranking: str = 'logprob'
   mix: float = 1.0
-  per_step: int = 0
+  per_step: int = 16
   lookahead_weight: float = 0.5
 
   def __post_init__(self):
@@ -94,6 +95,22 @@ class VedConfig:
   @property
   def expansions_per_step(self) -> int:
     return self.per_step or self.width
+
+  @classmethod
+  def from_settings(cls, settings: Mapping, group_size: int,
+                    multiplier: float | None = None) -> VedConfig:
+    """From config.ved (a mapping of these fields but group_size), for G = group_size and, if
+    given, another budget multiplier; an error names the --config.ved flag."""
+    values = dict(settings, group_size=group_size)
+    if multiplier is not None:
+      values['multiplier'] = multiplier
+    try:
+      return cls(**values)
+    except TypeError as e:
+      raise ConfigError('ved', f'unknown VED setting ({e}); the settings are '
+                        f'{[f.name for f in dataclasses.fields(cls)]}') from None
+    except ValueError as e:
+      raise ConfigError(f'ved.{getattr(e, "field", "")}'.rstrip('.'), str(e)) from None
 
 
 def base_budget(num_levels: int, width: int) -> int:
@@ -242,7 +259,7 @@ def ved(root_fn: ved_tree.RootFn, expand_fn: ved_tree.ExpandFn, trie: trie_lib.T
   """
   select_fn = select_fn or selection.RULES[cfg.selection]
   trie = jax.tree.map(jnp.asarray, trie)
-  root = ved_tree.Expansion(*root_fn())
+  root = ved_tree.checked(root_fn(), 'root_fn')
   num_nodes = budget(cfg, trie.num_levels)
   tree = ved_tree.empty(root, trie, num_nodes)
   root_slot = jnp.zeros((root.value.shape[0], 1), jnp.int32)

@@ -13,36 +13,26 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.model import expansion
 from vstar_jax.sid import trie as trie_lib
 
 NO_NODE = trie_lib.NO_NODE
+Expansion = expansion.Expansion  # what root_fn / expand_fn return (model.expansion)
+
+# root_fn() -> the Expansion of every user's root (M = 1);
+# expand_fn(path states [B, M, L, ...], code [B, M], parent depth [B, M]) -> the Expansion of
+# the children parent.code, where path states[:, :, j] is the embedding of the parent's
+# ancestor at depth j (j <= parent depth; later entries are unused).
+RootFn = Callable[[], Expansion]
+ExpandFn = Callable[[Any, jnp.ndarray, jnp.ndarray], Expansion]
 
 
-@flax.struct.dataclass
-class Expansion:
-  """What one backbone forward of M prefixes per user yields.
-
-  Attributes:
-    log_probs: [B, M, K] float32, policy log-probs of the next code (finite on valid codes).
-    value: [B, M] float32, V(prefix).
-    child_values: [B, M, K] float32, Q(prefix, code): the value of each child.
-    embedding: pytree of [B, M, ...] arrays, the model state of the prefix's own last token
-      (for the decoder: that token's keys and values); a child's expansion reads the states
-      of every node on its parent's path.
-  """
-  log_probs: jnp.ndarray
-  value: jnp.ndarray
-  child_values: jnp.ndarray
-  embedding: Any
-
-
-# root_fn() -> the Expansion fields (log_probs, value, child_values, embedding) with M = 1;
-# expand_fn(path states [B, M, L, ...], code [B, M], parent depth [B, M]) -> those of the
-# children parent.code, where path states[:, :, j] is the embedding of the parent's ancestor
-# at depth j (j <= parent depth; later entries are unused). Plain tuples, so a model needs
-# nothing from this module.
-RootFn = Callable[[], tuple]
-ExpandFn = Callable[[Any, jnp.ndarray, jnp.ndarray], tuple]
+def checked(out: Any, fn_name: str) -> Expansion:
+  """`out` if it is an Expansion, else a TypeError naming the callback that returned it."""
+  if not isinstance(out, Expansion):
+    raise TypeError(f'{fn_name} must return a vstar_jax.model.expansion.Expansion, got '
+                    f'{type(out).__name__}')
+  return out
 
 
 @flax.struct.dataclass
@@ -175,7 +165,7 @@ def expand(tree: Tree, trie: trie_lib.Trie, expand_fn: ExpandFn, parents: jnp.nd
       child_index=tree.child_index.at[rows, jnp.where(mask, parents, num_nodes), child_slots].set(
           slots, mode='drop'))
   path_states = jax.tree.map(lambda x: x[rows[..., None], jnp.maximum(path, 0)], tree.embedding)
-  out = Expansion(*expand_fn(path_states, codes, depth - 1))
+  out = checked(expand_fn(path_states, codes, depth - 1), 'expand_fn')
   return backup(record(grown, trie, slots, out, lam, mask), slots)
 
 

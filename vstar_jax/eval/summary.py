@@ -41,4 +41,14 @@ def table(roots: list[pathlib.Path], split: str, since: float) -> str:
     m = found[name]
     cells = ''.join(f'{m[c]:>9.4f}' if c in m else f'{"-":>9}' for c in columns)
     lines.append(f'{name + (" *" if name in fresh else ""):<18}{m.get("n", 0):>6}{cells}')
-  return '\n'.join(lines)
+  return '\n'.join(lines + notes(found, fresh))
+
+
+def notes(found: dict, fresh: set) -> list[str]:
+  """Plain words for rows that did not move, so a first result is not misread."""
+  out = []
+  rl = found.get('rl')
+  if 'rl' in fresh and rl is not None and rl.get('best_step') == 0:
+    out.append(f'note: rl kept step 0 (the SFT policy): no RL step beat it on valid NDCG@10 '
+               f'({rl.get("rl_steps", "?")} steps); rl_final is what RL ended with')
+  return out

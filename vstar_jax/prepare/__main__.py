@@ -13,7 +13,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from vstar_jax.prepare import build
 
@@ -36,19 +36,28 @@ _ENCODER = flags.DEFINE_enum('encoder', 'auto', ['auto', 'minilm', 'tfidf'],
 _TEXT_DIM = flags.DEFINE_integer('text_dim', 128, 'Width of the TF-IDF + SVD embeddings.')
 
 
+USER_ERROR = 2  # as python -m vstar_jax.main: a mistake in the command or the inputs
+
+
+def fail(message: str) -> None:
+  """One line on stderr, exit code 2 (no traceback, no usage text)."""
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.exit(USER_ERROR)
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in build.SOURCES:
-    raise app.UsageError(f'expected one source, one of {build.SOURCES}; got {argv[1:]}')
+    fail(f'expected one source, one of {build.SOURCES}; got {argv[1:]} (--help for usage)')
   if not _OUT.value or not _NAME.value:
-    raise app.UsageError('--out and --name are required')
+    fail('--out and --name are required (--help for usage)')
   try:
     build.build(argv[1], pathlib.Path(_OUT.value), _NAME.value, reviews=_REVIEWS.value,
                 meta=_META.value, interactions=_INTERACTIONS.value, user_k=_USER_K.value,
                 item_k=_ITEM_K.value, start=_START.value, end=_END.value,
                 max_history=_MAX_HISTORY.value, encoder=_ENCODER.value, text_dim=_TEXT_DIM.value)
   except ValueError as e:  # DataError and the TF-IDF fallback's: one line, no traceback
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    fail(str(e))
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ import time
 from absl import logging
 import numpy as np
 
-from vstar_jax import io
+from vstar_jax import files
 from vstar_jax.data.amazon import DataError
 from vstar_jax.prepare import embed
 from vstar_jax.prepare import kcore
@@ -88,7 +88,7 @@ def build(source: str, out: pathlib.Path, name: str, *, reviews=None, meta=None,
       max_history=max_history, passes=passes, seq=seq, samples=samples)
   stats['embeddings'] = embeddings
   stats['wall_time_s'] = round(time.time() - began, 2)
-  io.write_json_atomic(paths['stats'], stats)
+  files.write_json_atomic(paths['stats'], stats)
   logging.info('wrote %s', out)
   print(stats_lib.describe(stats))
   print(json.dumps({'stats': str(paths['stats'])}))

@@ -7,18 +7,19 @@ columns are `str(list)`, quoting is minimal, lines end in '\\n', users are `A<nu
 from __future__ import annotations
 
 import csv
-import io as io_std
+import io
 import os
 import pathlib
 import tempfile
 
 import numpy as np
 
-from vstar_jax import io
+from vstar_jax import files
 from vstar_jax.data import amazon
 from vstar_jax.data import prepared
 from vstar_jax.data.types import PAD
 from vstar_jax.prepare import progress
+from vstar_jax.prepare import titles as titles_lib
 
 
 def write_text_atomic(path: pathlib.Path, text: str) -> None:
@@ -54,7 +55,7 @@ def user_label(number: int) -> str:
 def split_csv(users: list[str], histories: list[list[int]], targets: list[int], titles: list[str],
               sids: list[str], desc: str = 'writing') -> str:
   """The seven-column CSV text of one split; sids[i] is item i's SID string ('' before SIDs)."""
-  out = io_std.StringIO()
+  out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
   writer.writerow(amazon.COLUMNS)
   bar = progress.Progress(desc, len(targets), ' rows')
@@ -68,8 +69,10 @@ def split_csv(users: list[str], histories: list[list[int]], targets: list[int], 
 
 
 def info_text(titles: list[str], sids: list[str]) -> str:
-  """info/NAME.txt: `SID<TAB>title<TAB>item_id` per item, in id order."""
-  return ''.join(f'{sid}\t{title}\t{item}\n' for item, (title, sid) in enumerate(zip(titles, sids)))
+  """info/NAME.txt: `SID<TAB>title<TAB>item_id` per item, in id order (a title's tabs and line
+  breaks written as spaces, so every item stays one line of three fields)."""
+  return ''.join(f'{sid}\t{titles_lib.one_line(title)}\t{item}\n'
+                 for item, (title, sid) in enumerate(zip(titles, sids)))
 
 
 def history_lists(history: np.ndarray) -> list[list[int]]:
@@ -103,7 +106,7 @@ def write_dataset(out: pathlib.Path, name: str, users: np.ndarray, history: np.n
     write_text_atomic(paths[split], split_csv(labels[lo:hi], histories[lo:hi], targets[lo:hi],
                                               titles, no_sids, f'writing {split}'))
   write_text_atomic(paths['info'], info_text(titles, no_sids))
-  io.write_json_atomic(paths['items'], {str(i): it for i, it in enumerate(items)})
+  files.write_json_atomic(paths['items'], {str(i): it for i, it in enumerate(items)})
   write_text_atomic(paths['user2id'], ''.join(f'{raw}\t{n}\n' for n, raw in enumerate(user_raw)))
   write_text_atomic(paths['item2id'], ''.join(f'{raw}\t{n}\n' for n, raw in enumerate(item_raw)))
   if paths['index'].exists():  # SIDs of an earlier run no longer match these files

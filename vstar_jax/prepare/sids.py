@@ -8,7 +8,7 @@ rows are rebuilt from the item ids, so running the SID stage again always repair
 from __future__ import annotations
 
 import csv
-import io as io_std
+import io
 import json
 import os
 import pathlib
@@ -24,7 +24,7 @@ from vstar_jax.prepare import layout
 
 def read_rows(path: pathlib.Path, num_items: int) -> tuple[list[str], list[list[int]], list[int]]:
   """A split CSV -> (user_id [N], history item ids [N][...], target item id [N])."""
-  reader = csv.reader(io_std.StringIO(amazon.read_text(path), newline=''))
+  reader = csv.reader(io.StringIO(amazon.read_text(path), newline=''))
   header = next(reader, None)
   missing = [c for c in amazon.COLUMNS if c not in (header or [])]
   if missing:

@@ -13,6 +13,7 @@ import re
 MAX_TITLE_WORDS = 20
 _TAG = re.compile(r'<[^>]+>')
 _SPACE = re.compile(r'\s+')
+_LINE_BREAKING = re.compile(r'[\t\n\r\v\f\x1c-\x1e\x85\u2028\u2029]')
 
 # Why a title was refused; stats.json counts items per reason.
 NO_TITLE, HTML_SPAN, TOO_SHORT, TOO_LONG = 'no_title', 'html_span', 'too_short', 'too_long'
@@ -28,12 +29,21 @@ def clean_title(raw) -> tuple[str | None, str | None]:
     return None, NO_TITLE
   if '<span id' in raw:
     return None, HTML_SPAN
-  title = raw.replace('&quot;', '"').replace('&amp;', '&').strip(' ').strip('"')
+  title = one_line(raw.replace('&quot;', '"').replace('&amp;', '&')).strip(' ').strip('"')
   if len(title) <= 1:
     return None, TOO_SHORT
   if len(title.split(' ')) > MAX_TITLE_WORDS:
     return None, TOO_LONG
   return title, None
+
+
+def one_line(text: str) -> str:
+  """Tabs and line breaks as spaces: a title is one field of the tab-separated info file.
+
+  A departure from MiniOneRec, whose scripts copy such characters into info/NAME.txt, which
+  then cannot be read back (one item becomes several lines or fields).
+  """
+  return _LINE_BREAKING.sub(' ', text)
 
 
 def clean_text(raw) -> str:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Optional
+from typing import Mapping, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -26,7 +25,9 @@ from vstar_jax import parallel
 from vstar_jax.data import batching
 from vstar_jax.data import types
 from vstar_jax.eval import validate
-from vstar_jax.model import decoder
+from vstar_jax.model import backbone
+from vstar_jax.rl import rewards as rewards_lib
+from vstar_jax.rl import rollouts as rollouts_lib
 from vstar_jax.rl import settings as settings_lib
 from vstar_jax.rl import step as step_lib
 from vstar_jax.rl import value_pretrain
@@ -52,8 +53,10 @@ class RlResult:
 
 
 def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pathlib.Path,
-          sft_params, cfg: decoder.DecoderConfig, stop_at_step: Optional[int] = None,
-          item_emb: Optional[np.ndarray] = None) -> RlResult:
+          sft_params, cfg, stop_at_step: Optional[int] = None,
+          item_emb: Optional[np.ndarray] = None,
+          rewards: Mapping[str, rewards_lib.RewardFn] = rewards_lib.REWARDS,
+          rollouts: Mapping[str, rollouts_lib.RolloutFn] = rollouts_lib.ROLLOUTS) -> RlResult:
   """Runs (or resumes) V-STAR RL from the SFT policy; returns the best-by-valid params.
 
   Args:
@@ -61,43 +64,46 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
     dataset: the dataset (rollout users, and the valid split for selection).
     workdir: run directory (checkpoints/rl, metrics.jsonl stages 'rl' and 'rl_value').
     sft_params: the SFT policy: RL's start and its frozen KL reference.
-    cfg: the decoder's DecoderConfig.
+    cfg: the model's static config (model.backbone.model_config).
     stop_at_step: stop (after checkpointing) once this many iterations are done, as a
       preemption would; a re-run resumes.
     item_emb: [I, D] item vectors: the prefix reward's miss penalty (rl.use_item_embeddings)
       or the simulator's `preference` reward reads them.
+    rewards: the registry rl.reward names one of (the simulator benchmarks pass
+      {**rewards.REWARDS, **simulator_reward.REWARDS}).
+    rollouts: the registry rl.rollout names one of (the simulator benchmarks add
+      rl.simulator_oracle.ROLLOUTS).
 
   Raises:
     run_loop.TrainingDiverged: the loss became NaN/Inf (the last good checkpoint is kept).
   """
   r = config.rl
-  parallel.initialize_distributed(r.distributed)
-  settings_lib.validate_config(r)
+  settings_lib.validate_config(config, rewards, rollouts)
   if r.use_item_embeddings and item_emb is None:
     raise ValueError('--config.rl.use_item_embeddings needs item embeddings (train(item_emb=...))')
   mesh = parallel.make_mesh()
   if r.batch_users % mesh.shape[parallel.DATA_AXIS]:
     raise ValueError(f'--config.rl.batch_users={r.batch_users} is not divisible by the '
                      f'{mesh.shape[parallel.DATA_AXIS]} devices')
-  users = batching.UserRows.from_dataset(dataset, r.train_splits)
+  users = backbone.user_rows(cfg, dataset, r.train_splits)
   if len(users) < r.batch_users:
     raise ValueError(f'--config.rl.batch_users={r.batch_users} exceeds the {len(users)} '
                      f'rollout rows')
   steps_per_epoch = len(users) // r.batch_users
   total = settings_lib.num_steps(r, len(users))
-  settings = settings_lib.RlSettings.from_config(r, total)
+  settings = settings_lib.RlSettings.from_config(config, total, rewards, rollouts)
   programs = step_lib.make_programs(cfg, settings, mesh)
   host_trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
   trie = parallel.replicate(host_trie, mesh)
   if item_emb is not None:
-    item_emb = parallel.replicate(jnp.asarray(item_emb, jnp.float32), mesh)
+    item_emb = parallel.replicate(np.asarray(item_emb, np.float32), mesh)
   run = run_loop.StageRun(workdir, STAGE)
   state, resumed = run.resume(parallel.replicate(
       step_lib.init_state(sft_params, settings, config.seed), mesh))
   valid_rows = batching.validation_rows(len(dataset.splits[r.valid_split]), r.valid_max_rows)
 
   def validate_at(step, params):
-    valid = validate.validation_metrics(jax.device_get(params), cfg, host_trie, dataset,
+    valid = validate.validation_metrics(params, cfg, host_trie, dataset,
                                         r.valid_split, valid_rows, r.valid_beams,
                                         config.eval.batch_size)
     run.write(step, **valid)
@@ -111,7 +117,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
     if r.value_pretrain_steps:
       state = _pretrain_value_head(state, programs, users, r, config.seed, steps_per_epoch, trie,
                                    item_emb, mesh, run)
-    state = parallel.replicate(state.replace(value_pretrained=jnp.ones((), jnp.int32)), mesh)
+    state = parallel.replicate(state.replace(value_pretrained=np.ones((), np.int32)), mesh)
   if not resumed:
     run.save(0, state, validate_at(0, state.params))
 
@@ -128,8 +134,8 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
     metrics = jax.device_get(metrics)
     wall = time.perf_counter() - start
     epoch, index = batching.next_position(epoch, index, steps_per_epoch)
-    state = state.replace(data_epoch=parallel.replicate(jnp.int32(epoch), mesh),
-                          data_index=parallel.replicate(jnp.int32(index), mesh))
+    state = state.replace(data_epoch=parallel.replicate(np.int32(epoch), mesh),
+                          data_index=parallel.replicate(np.int32(index), mesh))
     step += 1
     run.check_finite(step, metrics, ('loss', 'grad_norm'))
     if step % r.log_every == 0 or step == total:
@@ -141,10 +147,10 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
       run.save(step, state)
     if stop_at_step is not None and step >= stop_at_step:
       run.stop()
-      return RlResult(jax.device_get(state.params), {}, step)
+      return RlResult(parallel.to_host(state.params), {}, step)
   done = run.finish(state, step)
-  return RlResult(jax.device_get(done.state.params), done.best_valid, step, done.best_step,
-                  jax.device_get(state.params))
+  return RlResult(parallel.to_host(done.state.params), done.best_valid, step, done.best_step,
+                  parallel.to_host(state.params))
 
 
 def _pretrain_value_head(state, programs, users: batching.UserRows, r, seed: int,
@@ -170,20 +176,19 @@ def _pretrain_value_head(state, programs, users: batching.UserRows, r, seed: int
 
 def state_template(config: ml_collections.ConfigDict, params_template) -> step_lib.RlState:
   """The abstract (shape-only) RlState an RL checkpoint of this config restores onto."""
-  settings = settings_lib.RlSettings.from_config(config.rl)
-  return jax.eval_shape(lambda: step_lib.init_state(params_template, settings, config.seed))
+  settings = settings_lib.RlSettings.from_config(config)
+  return jax.eval_shape(lambda p: step_lib.init_state(p, settings, config.seed), params_template)
 
 
-def restore_best_params(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                        params_template):
-  """Params of the best (else latest) RL checkpoint in workdir/checkpoints/rl, or None."""
+def restore_best(config: ml_collections.ConfigDict, workdir: pathlib.Path, params_template):
+  """(params, step) of the best (else latest) RL checkpoint in workdir/checkpoints/rl, or None."""
   directory = pathlib.Path(workdir) / 'checkpoints' / STAGE
   if not directory.exists():
     return None
-  ckpt = checkpoint_lib.Checkpointer(directory, best_metric=BEST_METRIC)
+  ckpt = checkpoint_lib.Checkpointer(directory, best_metric=BEST_METRIC, read_only=True)
   template = state_template(config, params_template)
   try:
     restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
   finally:
     ckpt.close()
-  return None if restored is None else restored[0].params
+  return None if restored is None else (restored[0].params, restored[1]['step'])

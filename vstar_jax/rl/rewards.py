@@ -7,8 +7,11 @@ marking real candidates (VED may return fewer than G leaves; padding is never re
 never counted).
 
 REWARDS maps each `--config.rl.reward` name to a function of one signature,
-`reward(rollout, batch, trie, item_emb, tcfg) -> [B, G] float32`, so a new reward is one
-function and one registry entry.
+`reward(rollout: rollouts.Rollout, inputs: RewardInputs, dense_cfg: DenseRewardConfig)
+-> [B, G] float32`, so a new reward is one function and one registry entry. Every reward here
+scores the candidates against each user's logged target; the known-reward simulator's true
+preference, which reads no target, lives in rl.simulator_reward, and a run chooses its
+registry (rl.settings.RlSettings.from_config(..., rewards=...)).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional, Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
+from vstar_jax.data import batching
+from vstar_jax.rl import rollouts
 from vstar_jax.sid import trie as trie_lib
 
 PREFIX_WEIGHTS = (0.3, 0.5, 1.0)
@@ -38,11 +44,6 @@ def prefix_match(cand: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
 def rule_reward(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
   """MiniOneRec `rule` reward: 1 for an exact SID match, else 0: -> [B, G] float32."""
   return (prefix_match(cand, target)[..., -1] & valid).astype(jnp.float32)
-
-
-def group_hit(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-  """Whether each user's group holds the target among its valid candidates: -> [B] bool."""
-  return jnp.any(prefix_match(cand, target)[..., -1] & valid, axis=-1)
 
 
 def candidate_rank(rank_score: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
@@ -174,23 +175,52 @@ def value_targets(level_rewards: jnp.ndarray, values: jnp.ndarray, valid: jnp.nd
 
 
 @dataclasses.dataclass(frozen=True)
-class ValueTargetConfig:
-  """How the dense prefix reward and the value targets are built (static).
+class DenseRewardConfig:
+  """How the dense prefix reward and the value heads' TD targets are built (static).
 
   Attributes:
     weights: per-level prefix reward weights w_l.
     gamma: TD discount.
     use_item_embeddings: a miss at level l costs -w_l * (1 - cos(emb(pred), emb(target)))
       instead of 0 (needs item embeddings).
-    source: what the value heads learn to predict: 'prefix', the dense per-level prefix
-      reward (paper Sec. 4.1: rewards that come from matching a logged target), or
-      'reward', the RL reward itself, paid at the leaf (rewards with no target to match,
-      such as the simulator's true preference).
+    value_target: what the value heads learn to predict (config.rl.value_target):
+      'dense_prefix', the dense per-level prefix reward (paper Sec. 4.1: rewards that come
+      from matching a logged target), or 'rl_reward', the RL reward itself, paid at the leaf
+      (rewards with no target to match, such as the simulator's true preference).
   """
   weights: tuple = PREFIX_WEIGHTS
   gamma: float = GAMMA
   use_item_embeddings: bool = False
-  source: str = 'prefix'
+  value_target: str = 'dense_prefix'
+
+
+VALUE_TARGETS = ('dense_prefix', 'rl_reward')
+
+
+@flax.struct.dataclass
+class RewardInputs:
+  """What a reward reads besides the rollout (the batch's side of the scoring).
+
+  Attributes:
+    target: [B, L] int32, each user's logged target SID.
+    target_item: [B] int32, the target's item id.
+    trie: the catalogue trie (candidate SID -> item).
+    item_emb: [I, D] float32 item vectors, or None (the prefix reward's miss penalty with
+      use_item_embeddings; the simulator's hidden item vectors).
+    user_features: [B, F] float32, or None (the simulator's hidden user vectors).
+  """
+  target: jnp.ndarray
+  target_item: jnp.ndarray
+  trie: trie_lib.Trie
+  item_emb: Optional[jnp.ndarray] = None
+  user_features: Optional[jnp.ndarray] = None
+
+  @classmethod
+  def of(cls, batch: batching.UserBatch, trie: trie_lib.Trie,
+         item_emb: Optional[jnp.ndarray]) -> RewardInputs:
+    """The reward inputs of a user batch."""
+    return cls(target=batch.target, target_item=batch.target_item, trie=trie, item_emb=item_emb,
+               user_features=batch.user_features)
 
 
 def candidate_items(trie: trie_lib.Trie, cand: jnp.ndarray) -> jnp.ndarray:
@@ -199,81 +229,53 @@ def candidate_items(trie: trie_lib.Trie, cand: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(node >= 0, trie.leaf_items[jnp.maximum(node, 0), 0], -1)
 
 
-def dense_level_rewards(cand: jnp.ndarray, valid: jnp.ndarray, target: jnp.ndarray,
-                        target_item: jnp.ndarray, trie: trie_lib.Trie,
-                        item_emb: Optional[jnp.ndarray], tcfg: ValueTargetConfig):
-  """prefix_reward of the candidates as configured: (level [B, G, L], total [B, G]).
+def dense_level_rewards(ro: rollouts.Rollout, inputs: RewardInputs, dense_cfg: DenseRewardConfig):
+  """prefix_reward of the rollout's candidates as configured: (level [B, G, L], total [B, G]).
 
-  Args:
-    cand: [B, G, L] int32; valid: [B, G] bool; target: [B, L] int32;
-    target_item: [B] int32; item_emb: [I, D] or None (required with use_item_embeddings).
+  Reads inputs.item_emb only with dense_cfg.use_item_embeddings (then required).
   """
-  if not tcfg.use_item_embeddings:
-    return prefix_reward(cand, valid, target, tcfg.weights)
-  return prefix_reward(cand, valid, target, tcfg.weights, item_emb, candidate_items(trie, cand),
-                       target_item)
+  cand, valid, target = ro.candidates, ro.valid, inputs.target
+  if not dense_cfg.use_item_embeddings:
+    return prefix_reward(cand, valid, target, dense_cfg.weights)
+  return prefix_reward(cand, valid, target, dense_cfg.weights, inputs.item_emb,
+                       candidate_items(inputs.trie, cand), inputs.target_item)
 
 
-def dense_value_targets(cand, valid, target, target_item, values, trie, item_emb,
-                        tcfg: ValueTargetConfig, reward=None) -> jnp.ndarray:
+def dense_value_targets(ro: rollouts.Rollout, inputs: RewardInputs, values: jnp.ndarray,
+                        dense_cfg: DenseRewardConfig,
+                        reward: Optional[jnp.ndarray] = None) -> jnp.ndarray:
   """TD targets [B, G, L+1] for V along each candidate's path; `values` [B, G, L+1] bootstrap.
 
-  The per-level rewards are the dense prefix reward, or (tcfg.source == 'reward') the RL
+  The per-level rewards are the dense prefix reward, or (value_target 'rl_reward') the RL
   reward [B, G] paid at the leaf only.
   """
-  if tcfg.source == 'reward':
-    level = jnp.zeros(cand.shape, jnp.float32).at[..., -1].set(reward * valid)
+  if dense_cfg.value_target == 'rl_reward':
+    level = jnp.zeros(ro.candidates.shape, jnp.float32).at[..., -1].set(reward * ro.valid)
   else:
-    level, _ = dense_level_rewards(cand, valid, target, target_item, trie, item_emb, tcfg)
-  return value_targets(level, values, valid, tcfg.gamma)
+    level, _ = dense_level_rewards(ro, inputs, dense_cfg)
+  return value_targets(level, values, ro.valid, dense_cfg.gamma)
 
 
-def _rule(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
-  del trie, item_emb, tcfg
-  return rule_reward(rollout['cand'], rollout['valid'], batch['target'])
+def _rule(ro: rollouts.Rollout, inputs: RewardInputs, dense_cfg) -> jnp.ndarray:
+  del dense_cfg
+  return rule_reward(ro.candidates, ro.valid, inputs.target)
 
 
-def _ranking(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
-  del trie, item_emb, tcfg
-  return ranking_reward(rollout['cand'], rollout['valid'], batch['target'], rollout['rank_score'])
+def _ranking(ro: rollouts.Rollout, inputs: RewardInputs, dense_cfg) -> jnp.ndarray:
+  del dense_cfg
+  return ranking_reward(ro.candidates, ro.valid, inputs.target, ro.rank_score)
 
 
-def _prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
-  return dense_level_rewards(rollout['cand'], rollout['valid'], batch['target'],
-                             batch['target_item'], trie, item_emb, tcfg)[1]
+def _prefix(ro: rollouts.Rollout, inputs: RewardInputs, dense_cfg) -> jnp.ndarray:
+  return dense_level_rewards(ro, inputs, dense_cfg)[1]
 
 
-def preference_reward(cand: jnp.ndarray, valid: jnp.ndarray, user_features: jnp.ndarray,
-                      item_emb: jnp.ndarray, trie: trie_lib.Trie) -> jnp.ndarray:
-  """The known-reward simulator's true preference sigmoid(u . v_item) of each candidate: [B, G].
-
-  Args:
-    cand: [B, G, L]; valid: [B, G]; user_features: [B, F] hidden user vectors u;
-    item_emb: [I, F] hidden item vectors v (data.simulator.World); trie: the catalogue trie.
-  """
-  items = candidate_items(trie, cand)
-  vectors = item_emb[jnp.maximum(items, 0)]                                 # [B, G, F]
-  score = jax.nn.sigmoid(jnp.einsum('bf,bgf->bg', user_features, vectors))
-  return jnp.where(valid & (items >= 0), score, 0.0)
-
-
-def _preference(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
-  del tcfg
-  if item_emb is None or 'user_features' not in batch:
-    raise ValueError("reward 'preference' needs the simulator's user features and item vectors")
-  return preference_reward(rollout['cand'], rollout['valid'], batch['user_features'], item_emb,
-                           trie)
-
-
-def _ranking_and_prefix(rollout: dict, batch: dict, trie, item_emb, tcfg) -> jnp.ndarray:
+def _ranking_and_prefix(ro: rollouts.Rollout, inputs: RewardInputs, dense_cfg) -> jnp.ndarray:
   """ranking + prefix: a hit's ranking signal, plus graded credit for prefixes in no-hit groups."""
-  return (_ranking(rollout, batch, trie, item_emb, tcfg)
-          + _prefix(rollout, batch, trie, item_emb, tcfg))
+  return _ranking(ro, inputs, dense_cfg) + _prefix(ro, inputs, dense_cfg)
 
 
-# (rollout: cand [B, G, L], valid [B, G], rank_score [B, G]; batch: target [B, L],
-#  target_item [B]; trie; item_emb [I, D] or None; ValueTargetConfig) -> reward [B, G].
-RewardFn = Callable[[dict, dict, trie_lib.Trie, Optional[jnp.ndarray], ValueTargetConfig],
-                    jnp.ndarray]
+# (rollout, reward inputs, DenseRewardConfig) -> reward [B, G] float32.
+RewardFn = Callable[[rollouts.Rollout, RewardInputs, DenseRewardConfig], jnp.ndarray]
 REWARDS: dict[str, RewardFn] = {'rule': _rule, 'ranking': _ranking, 'prefix': _prefix,
-                                'ranking+prefix': _ranking_and_prefix, 'preference': _preference}
+                                'ranking+prefix': _ranking_and_prefix}

@@ -2,10 +2,12 @@
 
 The program runs per device under `jax.shard_map` over the 'data' mesh axis (users sharded,
 params replicated, check_vma=False; see vstar_jax.parallel):
-  1. rollout: G candidates per user from the current policy (rl.rollouts.ROLLOUTS);
-  2. score: the configured reward (rl.rewards.REWARDS), group (GRPO) and sibling advantages
-     (paper Sec. 4.3, Eq. 15-18) or their alpha-blend, old log-probs and the value head's TD
-     targets under the rollout policy;
+  1. rollout: G candidates per user from the current policy (settings.rollout, resolved in
+     rl.rollouts.ROLLOUTS or the registry the run was given);
+  2. score: the configured reward (settings.reward, resolved in rl.rewards.REWARDS or the
+     registry the run was given), group (GRPO) and sibling advantages (paper Sec. 4.3,
+     Eq. 15-18) or their alpha-blend, old log-probs and the value head's TD targets under the
+     rollout policy;
   3. update: `updates_per_rollout` PPO-clipped steps of rl.loss.rl_loss (Eq. 19 + GRPO + KL +
      value MSE).
 The data cursor (epoch, batch index) is advanced on the host (rl.loop), never in here.
@@ -24,8 +26,9 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vstar_jax import parallel
+from vstar_jax.data import batching
 from vstar_jax.decode import search
-from vstar_jax.model import decoder
+from vstar_jax.model import backbone
 from vstar_jax.model import policy
 from vstar_jax.rl import advantages
 from vstar_jax.rl import loss as loss_lib
@@ -72,9 +75,15 @@ def init_state(sft_params, settings: settings_lib.RlSettings, seed: int) -> RlSt
                  data_index=zero, value_pretrained=zero)
 
 
-def score_rollout(ro: dict, batch: dict, old_values: jnp.ndarray, trie: trie_lib.Trie, item_emb,
+def score_rollout(ro: rollouts.Rollout, inputs: rewards.RewardInputs, old_values: jnp.ndarray,
                   settings: settings_lib.RlSettings) -> dict:
   """Rewards -> advantages and value targets: the rl_loss batch fields of a rollout.
+
+  Args:
+    ro: the rollout.
+    inputs: what the reward reads besides the rollout.
+    old_values: [B, G, L+1] the rollout policy's values along each candidate (TD bootstrap).
+    settings: the reward, advantage and value-target settings.
 
   Returns:
     reward [B, G]; group_adv [B, G] (or [B, G, L] for the alpha-blend); sibling_adv
@@ -82,8 +91,8 @@ def score_rollout(ro: dict, batch: dict, old_values: jnp.ndarray, trie: trie_lib
     group_adv); value_targets [B, G, L+1] (TD targets, bootstrapped on the rollout
     policy's values).
   """
-  cand, valid = ro['cand'], ro['valid']
-  reward = rewards.REWARDS[settings.reward](ro, batch, trie, item_emb, settings.targets)
+  cand, valid = ro.candidates, ro.valid
+  reward = settings.reward(ro, inputs, settings.dense_reward)
   group_adv = advantages.group_advantages(reward, valid)
   sibling_adv = jnp.zeros(cand.shape, jnp.float32)
   if settings.alpha >= 0:
@@ -91,13 +100,12 @@ def score_rollout(ro: dict, batch: dict, old_values: jnp.ndarray, trie: trie_lib
                                  settings.alpha)
   elif settings.w_sib:
     sibling_adv = advantages.sibling_advantages(cand, reward, valid)
-  targets = rewards.dense_value_targets(cand, valid, batch['target'], batch['target_item'],
-                                        old_values, trie, item_emb, settings.targets, reward)
+  targets = rewards.dense_value_targets(ro, inputs, old_values, settings.dense_reward, reward)
   return {'reward': reward, 'group_adv': group_adv, 'sibling_adv': sibling_adv,
           'value_targets': targets}
 
 
-def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> dict:
+def rollout_metrics(ro: rollouts.Rollout, scored: dict, target: jnp.ndarray, axis_name) -> dict:
   """Global rollout statistics (shard sums over global counts, psum-ed when sharded).
 
   Besides rewards, the policy's own hits (injected targets excluded), the share of injected
@@ -105,13 +113,13 @@ def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> d
   advantages are not all zero and, per level l, the share of valid candidates whose level-l
   token has a non-zero sibling advantage (computed whatever w_sib, as a diagnostic).
   """
-  cand, valid, reward = ro['cand'], ro['valid'], scored['reward']
+  cand, valid, reward = ro.candidates, ro.valid, scored['reward']
   users = jnp.ones(valid.shape[:1], bool)
   count = jnp.maximum(jnp.sum(valid, -1), 1)
   mean = jnp.sum(reward * valid, -1) / count
   group_std = jnp.sqrt(jnp.sum(valid * (reward - mean[:, None]) ** 2, -1) / count)
-  hit = rewards.group_hit(cand, valid, target)
-  injected = ro.get('injected', jnp.zeros_like(hit))
+  hit = rollouts.group_hit(cand, valid, target)
+  injected = ro.injected
   index = jnp.arange(cand.shape[1])
   same_l1 = cand[:, :, None, 0] == cand[:, None, :, 0]
   first_l1 = valid & ~jnp.any(same_l1 & valid[:, None, :] & (index[None, :] < index[:, None]), -1)
@@ -123,7 +131,7 @@ def rollout_metrics(ro: dict, scored: dict, target: jnp.ndarray, axis_name) -> d
       'target_injected': mean_of(injected, users),
       'distinct_l1': mean_of(jnp.sum(first_l1, -1), users),
       'num_valid': mean_of(jnp.sum(valid, -1), users),
-      'forwards_per_user': mean_of(ro['forwards'], users),
+      'forwards_per_user': mean_of(ro.forwards, users),
       'nonzero_adv_groups': mean_of(jnp.any(jnp.asarray(scored['group_adv']) != 0,
                                             axis=tuple(range(1, scored['group_adv'].ndim))), users),
   }
@@ -141,27 +149,30 @@ def anchor_histories(history: jnp.ndarray, user_index: jnp.ndarray, key: jax.Arr
   return jax.vmap(drop)(search.user_keys(key, user_index), history)
 
 
-def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb, *,
-                     cfg: decoder.DecoderConfig, settings: settings_lib.RlSettings):
+def _iteration_shard(state: RlState, batch: batching.UserBatch, trie: trie_lib.Trie, item_emb, *,
+                     cfg, settings: settings_lib.RlSettings):
   """Per-device body of one RL iteration: rollout, scoring, updates_per_rollout PPO updates."""
   axis = parallel.DATA_AXIS
-  policy_fn = functools.partial(policy.candidate_log_probs, cfg=cfg)
+  policy_fn = functools.partial(backbone.candidate_log_probs, cfg=cfg)
   state, key = state_lib.split_rng(state)
-  ro = rollouts.ROLLOUTS[settings.rollout](state.params, trie, batch['history'],
-                                           batch['user_index'], key, cfg=cfg, settings=settings)
+  inputs = rewards.RewardInputs.of(batch, trie, item_emb)
+  ro = settings.rollout(state.params, trie, batch.history, batch.user_index, key, cfg=cfg,
+                        settings=settings, inputs=inputs)
   if settings.inject_target:
-    ro = rollouts.inject_target(ro, batch['target'])
-  fwd = {'history': batch['history'], 'cand': ro['cand'], 'valid': ro['valid']}
-  old_logp, old_values, _ = policy_fn(state.params, fwd)
-  scored = score_rollout(ro, batch, old_values, trie, item_emb, settings)
-  loss_batch = dict(fwd, old_logp=old_logp, group_adv=scored['group_adv'],
-                    sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'],
-                    target=batch['target'])
+    ro = rollouts.inject_target(ro, batch.target)
+  candidates = policy.Candidates(history=batch.history, cand=ro.candidates, valid=ro.valid)
+  old_logp, old_values, _ = policy_fn(state.params, candidates)
+  scored = score_rollout(ro, inputs, old_values, settings)
+  anchor_history = None
   if settings.anchor_history_dropout:
     # A fresh key only when on, so runs without it draw the same rollouts as before.
     state, anchor_key = state_lib.split_rng(state)
-    loss_batch['anchor_history'] = anchor_histories(
-        batch['history'], batch['user_index'], anchor_key, settings.anchor_history_dropout)
+    anchor_history = anchor_histories(batch.history, batch.user_index, anchor_key,
+                                      settings.anchor_history_dropout)
+  loss_batch = loss_lib.LossBatch(
+      candidates=candidates, old_logp=old_logp, group_adv=scored['group_adv'],
+      sibling_adv=scored['sibling_adv'], value_targets=scored['value_targets'],
+      target=batch.target, anchor_history=anchor_history)
 
   def ppo_update(carry, _):
     params, opt_state = carry
@@ -173,7 +184,7 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
   (params, opt_state), metrics = lax.scan(ppo_update, (state.params, state.opt_state), None,
                                           length=settings.updates_per_rollout)
   metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-  metrics.update(rollout_metrics(ro, scored, batch['target'], axis))
+  metrics.update(rollout_metrics(ro, scored, batch.target, axis))
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return state, metrics
 
@@ -182,7 +193,8 @@ def _iteration_shard(state: RlState, batch: dict, trie: trie_lib.Trie, item_emb,
 class Programs:
   """The jitted, sharded programs of one (decoder, settings, mesh) combination.
 
-  iteration(state, batch, trie, item_emb) -> (state, metrics); the state is donated.
+  iteration(state, batch: data.batching.UserBatch, trie, item_emb) -> (state, metrics); the
+  state is donated.
   value: the value-head pretraining step (value_pretrain.ValueTrainer) over the same rollouts.
   """
   iteration: Callable
@@ -190,17 +202,17 @@ class Programs:
 
 
 @functools.lru_cache(maxsize=8)
-def make_programs(cfg: decoder.DecoderConfig, settings: settings_lib.RlSettings,
+def make_programs(cfg, settings: settings_lib.RlSettings,
                   mesh: Mesh) -> Programs:
   """Builds (once per static configuration: re-runs reuse the compiled programs) the RL programs."""
   body = functools.partial(_iteration_shard, cfg=cfg, settings=settings)
   iteration = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P(), P()),
                             out_specs=(P(), P()), check_vma=False)
-  rollout_fn = functools.partial(rollouts.ROLLOUTS[settings.rollout], cfg=cfg, settings=settings)
+  rollout_fn = functools.partial(settings.rollout, cfg=cfg, settings=settings)
   if settings.value_coverage == 'catalogue':
     rollout_fn = value_pretrain.catalogue_candidates
-  reward_fn = functools.partial(rewards.REWARDS[settings.reward], tcfg=settings.targets)
-  value = value_pretrain.make_value_step(functools.partial(policy.candidate_log_probs, cfg=cfg),
-                                         rollout_fn, reward_fn, settings.targets, settings.value_lr,
-                                         settings.clip_norm, mesh)
+  reward_fn = functools.partial(settings.reward, dense_cfg=settings.dense_reward)
+  value = value_pretrain.make_value_step(functools.partial(backbone.candidate_log_probs, cfg=cfg),
+                                         rollout_fn, reward_fn, settings.dense_reward,
+                                         settings.value_lr, settings.clip_norm, mesh)
   return Programs(iteration=jax.jit(iteration, donate_argnums=0), value=value)

@@ -7,8 +7,9 @@ differentiated w.r.t. those subtrees alone, so the backbone and the policy are f
 the candidates of the rollout users (the RL holdout: rows the SFT policy has not fit),
 regressing V at every node of each candidate's path (depths 0..L) and Q(y_<l, y_l) onto
 one-step TD targets built from the dense per-level prefix reward (rewards.prefix_reward,
-gamma = 0.99). The RL loop's value loss uses the same targets (rewards.dense_value_targets)
-and the same losses (rl.loss.head_losses), so pretraining and RL optimise one objective.
+gamma = 0.99; with rl.value_target='rl_reward', from the RL reward paid at the leaf). The RL
+loop's value loss uses the same targets (rewards.dense_value_targets) and the same losses
+(rl.loss.head_losses), so pretraining and RL optimise one objective.
 
 Like the RL iteration, `value_step` runs per device under `jax.shard_map` over the
 'data' axis (users sharded, params replicated, head grads psum-ed as in rl.loss).
@@ -27,22 +28,27 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vstar_jax import parallel
+from vstar_jax.data import batching
+from vstar_jax.model import policy
 from vstar_jax.model import value_head
 from vstar_jax.rl import loss as loss_lib
 from vstar_jax.rl import rewards
+from vstar_jax.rl import rollouts
 from vstar_jax.sid import trie as trie_lib
 
 HEADS = value_head.HEADS
 # What the value heads learn from (config.rl.value_coverage; docs/method.md, "Value coverage").
 COVERAGES = ('rollouts', 'catalogue')
 
-# (params, trie, history [B, T, L], user_index [B], key) -> dict with cand [B, G, L],
-# valid [B, G] (and whatever else the rollout reports).
-RolloutFn = Callable[..., dict]
+# (params, trie, history [B, T, L], user_index [B], key, inputs=RewardInputs) -> rollouts.Rollout.
+RolloutFn = Callable[..., rollouts.Rollout]
+# (rollout, reward inputs) -> reward [B, G]: an rl.rewards.RewardFn, its DenseRewardConfig bound.
+RewardFn = Callable[[rollouts.Rollout, rewards.RewardInputs], jnp.ndarray]
 
 
-def catalogue_candidates(params, trie: trie_lib.Trie, history, user_index, key) -> dict:
-  """Every catalogue SID as a candidate of every user: a rollout-shaped dict for value training.
+def catalogue_candidates(params, trie: trie_lib.Trie, history, user_index, key,
+                         inputs=None) -> rollouts.Rollout:
+  """Every catalogue SID as a candidate of every user: a Rollout for value training.
 
   The value heads then see every branch of the trie, not only those the policy's own rollouts
   reach (V-STAR's premise is a value that points into branches the policy prunes). Costs no
@@ -51,15 +57,17 @@ def catalogue_candidates(params, trie: trie_lib.Trie, history, user_index, key) 
   rank-based `ranking`).
 
   Returns:
-    cand [B, N, L] int32 (-1 for non-leaf nodes), valid [B, N] bool, rank_score [B, N] zeros.
+    candidates [B, N, L] int32 (-1 for non-leaf nodes), valid [B, N] bool, rank_score [B, N]
+    zeros, forwards [B] zeros (no search).
   """
-  del params, user_index, key
+  del params, user_index, key, inputs
   batch, num_levels = history.shape[0], trie.num_levels
   leaf = trie.depth == num_levels                                           # [N]
   cand = jnp.where(leaf[:, None], trie.prefix, -1)                          # [N, L]
   cand = jnp.broadcast_to(cand[None], (batch,) + cand.shape)
   valid = jnp.broadcast_to(leaf[None], (batch, leaf.shape[0]))
-  return {'cand': cand, 'valid': valid, 'rank_score': jnp.zeros(valid.shape, jnp.float32)}
+  return rollouts.Rollout.create(cand, valid, jnp.zeros(valid.shape, jnp.float32),
+                                 jnp.zeros((batch,), jnp.int32))
 
 
 def heads_of(params) -> dict:
@@ -67,20 +75,24 @@ def heads_of(params) -> dict:
   return {name: params[name] for name in HEADS}
 
 
-def _value_step_shard(params, opt_state, batch, trie, item_emb, key, *, policy_fn, rollout_fn,
-                      reward_fn, tcfg: rewards.ValueTargetConfig, optimizer, axis_name: str):
+def _value_step_shard(params, opt_state, batch: batching.UserBatch, trie, item_emb, key, *,
+                      policy_fn, rollout_fn, reward_fn, dense_cfg: rewards.DenseRewardConfig,
+                      optimizer, axis_name: str):
   """Per-device: rollout, TD targets from the current V, one Adam step on the heads."""
-  rollout = rollout_fn(params, trie, batch['history'], batch['user_index'], key)
-  fwd = {'history': batch['history'], 'cand': rollout['cand'], 'valid': rollout['valid']}
-  reward = reward_fn(rollout, batch, trie, item_emb)
+  inputs = rewards.RewardInputs.of(batch, trie, item_emb)
+  ro = rollout_fn(params, trie, batch.history, batch.user_index, key, inputs=inputs)
+  candidates = policy.Candidates(history=batch.history, cand=ro.candidates, valid=ro.valid)
+  reward = reward_fn(ro, inputs)
 
   def loss_fn(heads):
-    _, values, q = policy_fn({**params, **heads}, fwd)
-    targets = rewards.dense_value_targets(rollout['cand'], rollout['valid'], batch['target'],
-                                          batch['target_item'], values, trie, item_emb, tcfg,
-                                          reward)
-    value, q_loss = loss_lib.head_losses(values, q, targets, rollout['valid'], axis_name)
-    return value + q_loss, {'value_loss': value, 'q_loss': q_loss}
+    _, values, q = policy_fn({**params, **heads}, candidates)
+    targets = rewards.dense_value_targets(ro, inputs, values, dense_cfg, reward)
+    value, q_loss = loss_lib.head_losses(values, q, targets, ro.valid, axis_name)
+    # V of the whole SID alone: the only node whose target is the reward itself, not a
+    # bootstrap on V (value_loss averages it with the L bootstrapped nodes, which V can fit
+    # by being self-consistent: a low value_loss does not say V ranks anything).
+    leaf = parallel.global_mean((values[..., -1] - targets[..., -1]) ** 2, ro.valid, axis_name)
+    return value + q_loss, {'value_loss': value, 'q_loss': q_loss, 'value_loss_leaf': leaf}
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(heads_of(params))
   grads = lax.psum(grads, axis_name)
@@ -101,21 +113,21 @@ class ValueTrainer:
   optimizer: optax.GradientTransformation
 
 
-def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn, reward_fn,
-                    tcfg: rewards.ValueTargetConfig,
-                    lr: float, clip_norm: float, mesh: Mesh) -> ValueTrainer:
+def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn, reward_fn: RewardFn,
+                    dense_cfg: rewards.DenseRewardConfig, lr: float, clip_norm: float,
+                    mesh: Mesh) -> ValueTrainer:
   """The sharded value step: rollout, TD targets, one clipped-Adam step on the value heads.
 
-  `batch` holds history [B, T, L], target [B, L], target_item [B] and user_index [B]
-  (the row's position in the global batch, which seeds its rollout), sharded over
-  the mesh's 'data' axis; params, the heads' optimizer state, trie, item_emb and key
-  are replicated. reward_fn(rollout, batch, trie, item_emb) is the RL reward (for value
-  targets of source 'reward'). Only the HEADS subtrees change; metrics: value_loss, q_loss
-  (before the step) and grad_norm.
+  `batch` is a data.batching.UserBatch (its user_index, the row's position in the global
+  batch, seeds its rollout), sharded over the mesh's 'data' axis; params, the heads'
+  optimizer state, trie, item_emb and key are replicated. reward_fn(rollout, inputs) is the
+  RL reward (for value targets 'rl_reward'). Only the HEADS subtrees change; metrics:
+  value_loss, q_loss, value_loss_leaf (V of the whole SID alone; before the step) and
+  grad_norm.
   """
   optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(lr))
   body = functools.partial(_value_step_shard, policy_fn=policy_fn, rollout_fn=rollout_fn,
-                           reward_fn=reward_fn, tcfg=tcfg, optimizer=optimizer,
+                           reward_fn=reward_fn, dense_cfg=dense_cfg, optimizer=optimizer,
                            axis_name=parallel.DATA_AXIS)
   step = jax.jit(jax.shard_map(body, mesh=mesh,
                                in_specs=(P(), P(), P(parallel.DATA_AXIS), P(), P(), P()),
@@ -123,8 +135,8 @@ def make_value_step(policy_fn: loss_lib.PolicyFn, rollout_fn: RolloutFn, reward_
   return ValueTrainer(step=step, optimizer=optimizer)
 
 
-def pretrain(trainer: ValueTrainer, params: Any, batches: Iterable[dict], trie: trie_lib.Trie,
-             item_emb, key: jax.Array, mesh: Mesh,
+def pretrain(trainer: ValueTrainer, params: Any, batches: Iterable[batching.UserBatch],
+             trie: trie_lib.Trie, item_emb, key: jax.Array, mesh: Mesh,
              log_fn: Optional[Callable[[int, dict], None]] = None) -> tuple[Any, list[float]]:
   """Runs the value step once per batch; returns params with the trained head and the losses.
 
