@@ -23,22 +23,20 @@ def _run(args, env=None, check=True):
   return proc
 
 
-def test_validate_rejects_impossible_values_naming_the_flag():
+@pytest.mark.parametrize('key,value,match', [
+    ('eval.num_beams', 0, r'--config.eval.num_beams'),
+    ('ved.multiplier', 0.5, r'--config.ved.multiplier: .*base budget'),
+    ('sft.valid_beams', 5, r'--config.sft.valid_beams'),
+    ('mode', 'train', r'--config.mode'),
+])
+def test_validate_rejects_impossible_values_naming_the_flag(key, value, match):
   c = default_config.base_config()
-  c.eval.num_beams = 0
-  with pytest.raises(ValueError, match=r'--config.eval.num_beams'):
-    pipeline.validate(c)
-  c = default_config.base_config()
-  c.ved.multiplier = 0.5
-  with pytest.raises(ValueError, match=r'--config.ved.multiplier: .*base budget'):
-    pipeline.validate(c)
-  c = default_config.base_config()
-  c.sft.valid_beams = 5
-  with pytest.raises(ValueError, match=r'--config.sft.valid_beams'):
-    pipeline.validate(c)
-  c = default_config.base_config()
-  c.mode = 'train'
-  with pytest.raises(ValueError, match=r'--config.mode'):
+  *sections, name = key.split('.')
+  section = c
+  for part in sections:
+    section = section[part]
+  section[name] = value
+  with pytest.raises(ValueError, match=match):
     pipeline.validate(c)
 
 

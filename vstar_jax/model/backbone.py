@@ -116,13 +116,19 @@ def pretrained_params(cfg: hf_policy.HfPolicyConfig, item_codes: np.ndarray, rng
   return params
 
 
-def init_params(cfg, rng: jax.Array, item_features=None):
+def init_params(cfg, rng: jax.Array, dataset: types.Dataset | None = None):
   """Freshly initialised params of either backbone (the SID decoder's training start; for the
-  LM only a shape template: its training starts from pretrained_params)."""
+  LM only a shape template: its training starts from pretrained_params). With `dataset`, the
+  SID decoder's frozen item-feature table (cfg.item_feature_dim > 0) is filled from its
+  item_features; without it the table is zeros (a restore template)."""
   if is_hf(cfg):
     lm_key, head_key = jax.random.split(rng)
     return {**causal_lm.init_params(cfg.lm, lm_key), **hf_policy.init_heads(cfg, head_key)}
-  return decoder.init_params(cfg, rng, item_features)
+  features = None
+  if dataset is not None and cfg.item_feature_dim:
+    features = layout.item_feature_table(dataset.item_codes, dataset.num_codes,
+                                          dataset.item_features)[1]
+  return decoder.init_params(cfg, rng, features)
 
 
 # The policy functions of the searches and the RL loss (model.policy's signatures).

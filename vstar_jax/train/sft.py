@@ -27,7 +27,6 @@ from vstar_jax.data import batching
 from vstar_jax.data import types
 from vstar_jax.eval import validate
 from vstar_jax.model import backbone
-from vstar_jax.model import layout
 from vstar_jax.sid import trie as trie_lib
 from vstar_jax.train import metrics_log
 from vstar_jax.train import run_loop
@@ -132,14 +131,10 @@ def initial_state(cfg, optimizer, init_key: jax.Array, state_key: jax.Array,
   its item_features. Without it this is the restore template for SFT checkpoints (its
   structure must match what was saved). `init_params` (continued SFT) replace the fresh init.
   """
-  features = None
-  if dataset is not None and getattr(cfg, 'item_feature_dim', 0):
-    features = layout.item_feature_table(dataset.item_codes, dataset.num_codes,
-                                          dataset.item_features)[1]
   if init_params is not None:
     params = jax.tree.map(jnp.array, init_params)
   else:
-    params = backbone.init_params(cfg, init_key, features)
+    params = backbone.init_params(cfg, init_key, dataset)
   # A copy, not an alias: the train step donates the state, and one buffer cannot be donated twice.
   extra = {EMA_KEY: jax.tree.map(jnp.copy, params)} if ema_decay > 0 else None
   return state_lib.TrainState.create(params, optimizer, state_key, extra=extra)
