@@ -123,7 +123,7 @@ def main(argv):
 def sft_speed(cfg, params, dataset) -> dict:
   """Tokens/s of the jitted SFT step (MiniOneRec's loss on training prompts + responses)."""
   config = default_config.base_config()
-  history, target = backbone.training_rows(cfg, dataset, ('train',))
+  history, target = backbone.training_rows(cfg, dataset, ('train',), config.sft.tasks)
   size = _SFT_BATCH.value
   plan = sft.Schedule(len(history), size, len(history) // size, 1000)
   optimizer = sft.make_optimizer(config.sft, plan)
@@ -140,7 +140,7 @@ def sft_speed(cfg, params, dataset) -> dict:
     state, metrics = step(state, *parallel.shard_batch((history[r], target[r]), mesh))
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / _SFT_STEPS.value
-  tokens = size * (history.shape[1] + cfg.num_levels + len(cfg.tail_token_ids))
+  tokens = size * (history.shape[1] + target.shape[1])
   return {'sft_batch': size, 'sft_step_s': seconds, 'sft_tokens_per_s': tokens / seconds,
           'sft_peak_rss_mib': peak_rss_mib()}
 

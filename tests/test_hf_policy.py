@@ -175,11 +175,11 @@ def test_sft_loss_is_the_mean_response_nll():
   per-level accuracy is the argmax over the level's codes; gradients reach the embeddings."""
   params, cfg, prompts, cand = _setup()
   target = cand[:, 0]
-  (loss, metrics), grads = hf_fixture.jit(jax.value_and_grad(hf_policy.sft_loss, has_aux=True),
-                                          static_argnums=1)(params, cfg, prompts, target)
-  ref_lp = _reference()[0][:, 0]                                                     # [B, 5, V]
   response = np.concatenate([np.asarray(cfg.sid_token_ids)[np.arange(3), target],
-                             np.tile(cfg.tail_token_ids, (2, 1))], axis=1)
+                             np.tile(cfg.tail_token_ids, (2, 1))], axis=1).astype(np.int32)
+  (loss, metrics), grads = hf_fixture.jit(jax.value_and_grad(hf_policy.sft_loss, has_aux=True),
+                                          static_argnums=1)(params, cfg, prompts, response)
+  ref_lp = _reference()[0][:, 0]                                                     # [B, 5, V]
   nll = -np.take_along_axis(ref_lp, response[..., None], -1)[..., 0]
   np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics['nll_sid'], nll[:, :3].mean(), rtol=1e-5)

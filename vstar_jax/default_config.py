@@ -212,6 +212,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.label_smoothing = 0.0
   c.sft.ema_decay = 0.0             # > 0: validate, keep and export an EMA of the weights
   c.sft.history_dropout = 0.0       # P(mask a history item, never the last) per train example
+  # LM backbone: MiniOneRec's SFT tasks (model/sft_tasks.py); its full mixture is
+  # ('next_sid', 'sid2title', 'title2sid', 'history2title'). The SID decoder: next_sid only.
+  c.sft.tasks = ('next_sid',)
   c.sft.log_every_steps = 20
   c.sft.checkpoint_every_steps = 500
   c.sft.valid_split = 'valid'

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import pathlib
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -34,6 +35,7 @@ from vstar_jax.model import hf_checkpoint
 from vstar_jax.model import hf_policy
 from vstar_jax.model import layout
 from vstar_jax.model import policy
+from vstar_jax.model import sft_tasks
 from vstar_jax.model import sid_tokens
 
 BACKBONES = ('sid', 'hf')
@@ -45,7 +47,14 @@ def validate_config(c) -> None:
   m = c.model
   if m.backbone not in BACKBONES:
     raise ConfigError('model.backbone', f'{m.backbone!r} is not one of {BACKBONES}')
+  try:
+    tasks = sft_tasks.check(c.sft.tasks)
+  except ValueError as e:
+    raise ConfigError('sft.tasks', str(e)) from None
   if m.backbone == 'sid':
+    if tasks != (sft_tasks.NEXT_SID,):
+      raise ConfigError('sft.tasks', f'{tasks} are LM prompts; the SID decoder trains next_sid '
+                        'alone (use --config.model.backbone=hf)')
     if m.hf_path:
       raise ConfigError('model.hf_path', 'is read only with --config.model.backbone=hf')
     return
@@ -184,12 +193,25 @@ def _split_inputs(cfg, dataset, split, purpose):
   return _PROMPTS[key]
 
 
-def training_rows(cfg, dataset: types.Dataset, splits) -> tuple[np.ndarray, np.ndarray]:
-  """SFT's (inputs [N, ...], targets [N, L]) of the listed splits, concatenated."""
-  history = np.concatenate([inputs(cfg, dataset, s, 'train') for s in splits])
-  if is_hf(cfg) and len({inputs(cfg, dataset, s, 'train').shape[1] for s in splits}) > 1:
-    history = sid_tokens.pad_left([row[row >= 0] for row in history])
-  return history, np.concatenate([dataset.target_codes(s) for s in splits])
+def training_rows(cfg, dataset: types.Dataset, splits,
+                  tasks: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """SFT's (inputs [N, ...], targets [N, ...]) of the listed splits, concatenated: for the SID
+  decoder history codes and the next item's codes [N, L]; for the LM, MiniOneRec's training
+  prompts [N, P] (-1 left padding) and response ids [N, R] (-1 right padding) of each task of
+  `tasks` (config.sft.tasks, model.sft_tasks; the SID decoder: next_sid only; next_sid rows
+  first: the SID tokens, then the tail)."""
+  targets = np.concatenate([dataset.target_codes(s) for s in splits])
+  if not is_hf(cfg):
+    return np.concatenate([inputs(cfg, dataset, s, 'train') for s in splits]), targets
+  prompts = [row[row >= 0] for s in splits for row in inputs(cfg, dataset, s, 'train')]
+  table = np.asarray(cfg.sid_token_ids)
+  responses = np.concatenate([table[np.arange(cfg.num_levels), targets],
+                              np.tile(np.asarray(cfg.tail_token_ids, np.int32), (len(targets), 1))],
+                             axis=1).tolist()
+  for prompt, response in sft_tasks.auxiliary_rows(tokenizer(cfg), dataset, splits, tasks):
+    prompts.append(prompt)
+    responses.append(response)
+  return sid_tokens.pad_left(prompts), sft_tasks.pad_right(responses)
 
 
 def user_rows(cfg, dataset: types.Dataset, splits) -> batching.UserRows:

@@ -291,35 +291,44 @@ def candidate_log_probs(params, candidates: policy.Candidates, *, cfg: HfPolicyC
 
 
 def sft_loss(params, cfg: HfPolicyConfig, history, target, rng=None, label_smoothing: float = 0.0):
-  """MiniOneRec's SFT loss: mean NLL of the response tokens [t_0 .. t_{L-1}, tail] given the prompt.
+  """MiniOneRec's SFT loss: mean NLL of the response tokens given the prompt, over the batch's
+  response tokens (Hugging Face Trainer's token mean; next_sid rows: [t_0 .. t_{L-1}, tail]).
 
   Args:
     params: backbone params (head params, if any, are not used).
     cfg: the HfPolicyConfig.
-    history: [B, P] int32 training prompts (sid_tokens.train_prompt), -1 left padding.
-    target: [B, L] int32 codes of the next item.
+    history: [B, P] int32 training prompts (backbone.training_rows), -1 left padding.
+    target: [B, R] int32 response token ids, -1 right padding (model.sft_tasks).
     rng: unused (Qwen2 / Llama have no dropout); the argument order of model.decoder.sft_loss.
     label_smoothing: epsilon of full-vocabulary label smoothing (MiniOneRec: 0).
 
   Returns:
-    loss [] and metrics {'loss', 'nll' (response tokens), 'nll_sid' (the L SID tokens),
-    'acc_L1'.. (argmax over the level's codes == target)}.
+    loss [] and metrics {'loss', 'nll' (response tokens), 'nll_sid' and 'acc_L1'.. (over the
+    rows whose response is a SID: its L SID tokens; accuracy = argmax over the level's codes
+    == the code)}.
   """
   del rng
-  num_levels, batch = cfg.num_levels, target.shape[0]
-  table = cfg.table()
-  tail = jnp.broadcast_to(jnp.asarray(cfg.tail_token_ids, jnp.int32), (batch, len(cfg.tail_token_ids)))
-  response = jnp.concatenate([table[jnp.arange(num_levels), target], tail], axis=1)  # [B, R]
-  tokens = jnp.concatenate([history, response[:, :-1]], axis=1)
-  hidden = causal_lm.forward(params, cfg.lm, tokens, tokens >= 0)[:, -response.shape[1]:]
+  num_levels = cfg.num_levels
+  table = cfg.table()                                                            # [L, K]
+  tokens = jnp.concatenate([history, target[:, :-1]], axis=1)
+  hidden = causal_lm.forward(params, cfg.lm, tokens, tokens >= 0)[:, -target.shape[1]:]
   log_probs = jax.nn.log_softmax(causal_lm.logits(params, cfg.lm, hidden), axis=-1)  # [B, R, V]
-  nll = -jnp.take_along_axis(log_probs, response[..., None], axis=-1)[..., 0]       # [B, R]
-  loss = (1.0 - label_smoothing) * nll.mean() - label_smoothing * log_probs.mean()
+  nll = -jnp.take_along_axis(log_probs, jnp.maximum(target, 0)[..., None], axis=-1)[..., 0]
+  weight = (target >= 0).astype(jnp.float32)                                     # [B, R]
+  count = jnp.maximum(weight.sum(), 1.0)
+  nll_mean = jnp.sum(nll * weight) / count
+  loss = (1.0 - label_smoothing) * nll_mean + label_smoothing * jnp.sum(
+      -log_probs.mean(-1) * weight) / count
+  is_code = target[:, :num_levels, None] == table[None]                         # [B, L, K]
+  sid_row = jnp.all(jnp.any(is_code, axis=-1), axis=-1).astype(jnp.float32)      # [B]
+  code = jnp.argmax(is_code, axis=-1)                                            # [B, L]
   level_scores = jnp.take_along_axis(
-      log_probs[:, :num_levels], jnp.broadcast_to(jnp.maximum(table, 0), (batch,) + table.shape),
+      log_probs[:, :num_levels], jnp.broadcast_to(jnp.maximum(table, 0), (len(target),) + table.shape),
       axis=-1)
   level_scores = jnp.where(table >= 0, level_scores, -jnp.inf)                   # [B, L, K]
-  correct = (jnp.argmax(level_scores, axis=-1) == target).mean(0)
-  metrics = {'loss': loss, 'nll': nll.mean(), 'nll_sid': nll[:, :num_levels].mean()}
+  sid_rows = jnp.maximum(sid_row.sum(), 1.0)
+  correct = jnp.sum((jnp.argmax(level_scores, axis=-1) == code) * sid_row[:, None], 0) / sid_rows
+  metrics = {'loss': loss, 'nll': nll_mean,
+             'nll_sid': jnp.sum(nll[:, :num_levels] * sid_row[:, None]) / (sid_rows * num_levels)}
   metrics.update({f'acc_L{l + 1}': correct[l] for l in range(num_levels)})
   return loss, metrics

@@ -28,10 +28,11 @@ import tokenizers
 from vstar_jax.data import sid_strings
 from vstar_jax.model import causal_lm
 
-INSTRUCTION = ('Below is an instruction that describes a task, paired with an input that provides '
-               'further context. Write a response that appropriately completes the request. \n\n'
-               '### Instruction:\nCan you predict the next possible item that the user may expect?'
-               '\n\n')
+# Every MiniOneRec prompt opens with HEADER, then its task's question and a blank line.
+HEADER = ('Below is an instruction that describes a task, paired with an input that provides '
+          'further context. Write a response that appropriately completes the request. \n\n'
+          '### Instruction:\n')
+INSTRUCTION = HEADER + 'Can you predict the next possible item that the user may expect?\n\n'
 RESPONSE_PREFIX = '### Response:\n'
 _EVAL_USER = ('### User Input: \nCan you predict the next possible item the user may expect, '
               'given the following chronological interaction history: ')
@@ -211,14 +212,22 @@ def tail_tokens(tok: SidTokenizer, sids: Sequence[str], table: np.ndarray) -> tu
 def encode(tok: SidTokenizer, text: str, bos: bool, eos: bool) -> list[int]:
   """MiniOneRec's Tokenizer.encode: post-processed ids, leading BOS / trailing EOS stripped, then
   BOS prepended (if bos and the tokenizer has one) and EOS appended (if eos)."""
-  ids = tok.tokenizer.encode(text, add_special_tokens=True).ids
-  while ids and tok.bos_id is not None and ids[0] == tok.bos_id:
-    ids = ids[1:]
-  while ids and ids[-1] == tok.eos_id:
-    ids = ids[:-1]
-  if bos and tok.bos_id is not None:
-    ids = [tok.bos_id] + ids
-  return ids + [tok.eos_id] if eos else ids
+  return encode_batch(tok, [text], bos, eos)[0]
+
+
+def encode_batch(tok: SidTokenizer, texts: Sequence[str], bos: bool, eos: bool) -> list[list[int]]:
+  """encode of each text, the tokenizer called once (its Rust batch encoder)."""
+  out = []
+  for encoding in tok.tokenizer.encode_batch(list(texts), add_special_tokens=True):
+    ids = encoding.ids
+    while ids and tok.bos_id is not None and ids[0] == tok.bos_id:
+      ids = ids[1:]
+    while ids and ids[-1] == tok.eos_id:
+      ids = ids[:-1]
+    if bos and tok.bos_id is not None:
+      ids = [tok.bos_id] + ids
+    out.append(ids + [tok.eos_id] if eos else ids)
+  return out
 
 
 def eval_prompt(tok: SidTokenizer, history_sids: Sequence[str]) -> list[int]:

@@ -205,7 +205,7 @@ def train(config: ml_collections.ConfigDict, dataset: types.Dataset, workdir: pa
   s = config.sft
   cfg = backbone.model_config(config, dataset)
   trie = trie_lib.build_trie(dataset.item_codes, dataset.num_codes)
-  history, target = backbone.training_rows(cfg, dataset, s.train_splits)
+  history, target = backbone.training_rows(cfg, dataset, s.train_splits, s.tasks)
   mesh = parallel.make_mesh()
   plan = schedule(s, history.shape[0], mesh.size)
   optimizer = make_optimizer(s, plan)
