@@ -55,6 +55,8 @@ def test_sft_eval_recommend_on_synthetic(tmp_path):
   assert 'history, oldest first' in out.stdout and 'item 3' in out.stdout  # the readable table
 
 
+# ~105 s at idle; CI's tests/test_multiprocess.py runs --config.mode=rl (SFT first, then RL) through main.
+@pytest.mark.slow
 def test_rl_mode_trains_sft_first_then_writes_rl_eval(tmp_path):
   args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',
           '--config.synthetic.num_users=150', '--config.synthetic.num_codes=8', *TINY,
@@ -104,6 +106,7 @@ def test_item_text_features_through_sft_rl_eval_and_recommend(tmp_path):
           '--config.mode=eval')
 
 
+@pytest.mark.slow  # ~40 s at idle
 def test_continued_sft_on_the_rl_holdout_starts_from_another_run(tmp_path):
   """The RL protocol's control: SFT without the holdout rows, then SFT continued on them."""
   args = ['--config=configs/synthetic.py', '--config.synthetic.num_items=120',

@@ -32,6 +32,8 @@ def _cmd(workdir):
   return [sys.executable, '-m', 'vstar_jax.main', f'--workdir={workdir}', *ARGS]
 
 
+# ~80 s at idle; CI's resume tests (test_sft, test_loop) check bit-identical resumption in-process.
+@pytest.mark.slow
 def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
   subprocess.run(_cmd(tmp_path / 'full'), cwd=REPO, check=True, capture_output=True, timeout=900)
   proc = subprocess.Popen(_cmd(tmp_path / 'killed'), cwd=REPO, stdout=subprocess.DEVNULL,
