@@ -17,10 +17,14 @@ A rollout is `beam[:<width>]`, `sample` or `<ved>:<selection>:<leaf_ranking>:<mu
 (decode.selection.RULES, decode.ved.LEAF_RANKINGS), <ved> one of `ved` (V and Q from the fitted
 heads), `ved_oracle` / `ved_oracle_mean` (V and Q the max / mean true reward of the items under
 each prefix: rl.simulator_oracle). A beam of width W > G forwards as a W-beam does and hands
-RL its top G. --seeds is benchmarks/simulator.py's flag.
+RL its top G. --seeds and --paired_against are benchmarks/simulator.py's flags; here
+--paired_against names entries of --rollouts that every other rollout is compared with, user
+by user, pooled over the seeds (paired bootstrap and sign test of the per-user group mean,
+group best and holds-the-best-item; per-user scores in <workdir>/seed<k>_rollouts_per_user.npz).
 last stdout line: {"rows": [{"rollout": .., "seed": 0, "forwards": .., "group_mean_reward": ..,
 "group_max_reward": .., "group_std_reward": .., "best_in_group": .., "gem_share": ..,
-"value_spearman": .., "q_spearman": ..}, ..]}
+"value_spearman": .., "q_spearman": ..}, ..], "paired": [{"run": .., "against": .., "metric": ..,
+"users": .., "delta": .., "wins": .., "losses": .., "p_bootstrap": .., "p_sign": ..}, ..]}
 """
 
 from __future__ import annotations
@@ -78,9 +82,10 @@ def rollout_config(config: ml_collections.ConfigDict, spec: str) -> ml_collectio
   return config
 
 
-def measure(params, cfg, trie, dataset, world, config, spec: str, seed: int) -> dict:
+def measure(params, cfg, trie, dataset, world, config, spec: str,
+            seed: int) -> tuple[dict, dict]:
   """One group of G per user of the split from rollout `spec`: its simulator.group_quality and
-  V's correlation with the true reward."""
+  V's correlation with the true reward, and its per-user scores {metric: [N]}."""
   settings = settings_lib.RlSettings.from_config(rollout_config(config, spec),
                                                  rewards=simulator_benchmark.REWARDS,
                                                  rollouts=simulator_benchmark.ROLLOUTS)
@@ -109,15 +114,17 @@ def measure(params, cfg, trie, dataset, world, config, spec: str, seed: int) -> 
   leaf_value = np.where(items >= 0, np.asarray(values)[..., -1], np.nan)     # [N, G]
   leaf_q = np.where(items >= 0, np.asarray(q)[..., -1], np.nan)              # [N, G]
   keep = (items >= 0).all(1)   # users whose group is full (Spearman over the same G items)
-  return {'rollout': spec, 'seed': seed, 'value_coverage': config.rl.value_coverage,
-          'forwards': forwards,
-          **simulator.group_quality(world, users, items),
-          'value_spearman': metrics_lib.within_user_spearman(leaf_value[keep], reward[keep]),
-          'q_spearman': metrics_lib.within_user_spearman(leaf_q[keep], reward[keep])}
+  row = {'rollout': spec, 'seed': seed, 'value_coverage': config.rl.value_coverage,
+         'forwards': forwards,
+         **simulator.group_quality(world, users, items),
+         'value_spearman': metrics_lib.within_user_spearman(leaf_value[keep], reward[keep]),
+         'q_spearman': metrics_lib.within_user_spearman(leaf_q[keep], reward[keep])}
+  return row, simulator.group_user_scores(world, users, items)
 
 
-def run_seed(seed: int, specs, root: pathlib.Path) -> list[dict]:
-  """The SFT model and fitted value heads of world `seed`, and one row per rollout method."""
+def run_seed(seed: int, specs, root: pathlib.Path) -> tuple[list[dict], dict]:
+  """The SFT model and fitted value heads of world `seed`, one row per rollout method and each
+  method's per-user scores {spec: {metric: [N]}}."""
   config = simulator_benchmark.experiment_config()
   config.seed = seed
   config.rl.value_coverage = _COVERAGE.value
@@ -128,11 +135,14 @@ def run_seed(seed: int, specs, root: pathlib.Path) -> list[dict]:
                                     _HEAD_STEPS.value or config.rl.value_pretrain_steps, seed,
                                     item_emb=world.item_vectors,
                                     rewards=simulator_benchmark.REWARDS)
-  rows = []
+  rows, per_user = [], {}
   for spec in specs:
-    rows.append(measure(params, base.cfg, trie, dataset, world, config, spec, seed))
-    logging.info('%s', rows[-1])
-  return rows
+    row, per_user[spec] = measure(params, base.cfg, trie, dataset, world, config, spec, seed)
+    rows.append(row)
+    logging.info('%s', row)
+  np.savez(root / f'seed{seed}_rollouts_per_user.npz',
+           **{f'{spec}/{metric}': v for spec, m in per_user.items() for metric, v in m.items()})
+  return rows, per_user
 
 
 def main(argv):
@@ -145,10 +155,17 @@ def main(argv):
           rewards=simulator_benchmark.REWARDS, rollouts=simulator_benchmark.ROLLOUTS)
     except (ValueError, settings_lib.ConfigError) as e:
       raise app.UsageError(str(e)) from None
-  rows = []
+  paired = flags.FLAGS.paired_against if flags.FLAGS['paired_against'].present else []
+  unknown = [spec for spec in paired if spec not in _ROLLOUTS.value]
+  if unknown:
+    raise app.UsageError(f'--paired_against: {unknown} not among --rollouts')
+  rows, per_seed = [], []
   for seed in (int(s) for s in flags.FLAGS.seeds):
-    rows += run_seed(seed, _ROLLOUTS.value, root)
-  print(json.dumps({'rows': rows}))
+    seed_rows, per_user = run_seed(seed, _ROLLOUTS.value, root)
+    rows += seed_rows
+    per_seed.append(per_user)
+  print(json.dumps({'rows': rows,
+                    'paired': simulator_benchmark.paired_tests(per_seed, paired)}))
 
 
 if __name__ == '__main__':

@@ -79,6 +79,12 @@ def test_group_quality_scores_a_hand_built_world():
   np.testing.assert_allclose(q['group_std_reward'], (np.std(r0) + np.std(r1)) / 2, rtol=1e-6)
   assert q['best_in_group'] == 0.5        # user 0 holds its best (the gem), user 1 does not
   np.testing.assert_allclose(q['gem_share'], 3 / 5)   # 3 gems among the 5 filled slots
+  per_user = simulator.group_user_scores(world, users, items)   # what a paired test compares
+  np.testing.assert_allclose(per_user['group_mean_reward'], [np.mean(r0), np.mean(r1)], rtol=1e-6)
+  np.testing.assert_allclose(per_user['group_max_reward'], [sig(2.0), sig(-1.0)], rtol=1e-6)
+  np.testing.assert_array_equal(per_user['best_in_group'], [1.0, 0.0])
+  empty = simulator.group_user_scores(world, users, np.array([[-1, -1, -1], [1, -1, -1]]))
+  assert np.isnan(empty['group_mean_reward'][0]) and empty['best_in_group'].tolist() == [0.0, 1.0]
 
 
 def test_user_scores_and_their_paired_tests_over_seeds():

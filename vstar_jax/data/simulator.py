@@ -146,6 +146,20 @@ def score_lists(world: World, users: np.ndarray, items: np.ndarray, k: int = 10)
           for name, per_user in user_scores(world, users, items, k).items()}
 
 
+def group_user_scores(world: World, users: np.ndarray, items: np.ndarray) -> dict:
+  """Per user [N] of a rollout group [N, G] (-1 = empty slot): its mean and best true reward
+  (nan for an empty group) and whether it holds the user's true best item; the rows a paired
+  test of two rollout methods on the same users compares."""
+  items = np.asarray(items)
+  reward = world.list_rewards(users, items, empty=np.nan)                  # [N, G]
+  has_any = (items >= 0).any(axis=1)
+  filled = np.where(has_any[:, None], reward, 0.0)   # an empty group: nan, without a warning
+  best = world.best_items()[users]
+  return {'group_mean_reward': np.where(has_any, np.nanmean(filled, axis=1), np.nan),
+          'group_max_reward': np.where(has_any, np.nanmax(filled, axis=1), np.nan),
+          'best_in_group': (items == best[:, None]).any(axis=1).astype(np.float64)}
+
+
 def group_quality(world: World, users: np.ndarray, items: np.ndarray) -> dict:
   """What a rollout group [N, G] of items (-1 = empty slot) offers RL: mean and best true reward,
   the spread GRPO normalises by, how often it holds the user's true best item, and the share
@@ -154,10 +168,10 @@ def group_quality(world: World, users: np.ndarray, items: np.ndarray) -> dict:
   valid = items >= 0
   reward = world.list_rewards(users, items, empty=np.nan)
   has_any = valid.any(axis=1)
-  best = world.best_items()[users]
-  return {'group_mean_reward': float(np.nanmean(reward)),
-          'group_max_reward': float(np.mean(np.nanmax(reward[has_any], axis=1))),
+  per_user = group_user_scores(world, users, items)
+  return {'group_mean_reward': float(np.nanmean(reward)),      # over filled slots, not users
+          'group_max_reward': float(np.mean(per_user['group_max_reward'][has_any])),
           'group_std_reward': float(np.mean(np.nanstd(reward[has_any], axis=1))),
-          'best_in_group': float(np.mean((items == best[:, None]).any(axis=1))),
+          'best_in_group': float(np.mean(per_user['best_in_group'])),
           'gem_share': float(np.sum(world.gems[np.maximum(items, 0)] & valid) /
                              max(int(valid.sum()), 1))}
