@@ -10,7 +10,10 @@ after a compiling / warm-up call:
   * transformers: `generate` with MiniOneRec's settings and mask-only processor
     (benchmarks/hf_transformers_beam.py), run by --torch_python in a subprocess;
   * vstar_jax SFT: one jitted step of MiniOneRec's SFT loss on training prompts.
-Both decoders must return the same ranked SIDs (checked, reported as `same_ranking`).
+Both decoders should return the same ranked SIDs up to float ties: `same_ranking` (every list
+equal), and where they part, `ranking_agreement`'s fields (users with the same list / top-1 /
+set, first differing rank, our score gap there against the largest score difference between the
+two implementations; tests/test_hf_beam.py allows swaps within 2e-4 on the tiny model).
 
   python benchmarks/hf_decode.py --users=8 --torch_python=/path/with/torch/bin/python
 prints one JSON object on its last line; `--size=tiny` runs the test checkpoint instead.
@@ -97,7 +100,7 @@ def main(argv):
   batch = _BATCH.value
   search.beam_search_split(params, cfg, trie, prompts[:batch], _BEAMS.value, batch)  # compile
   start = time.perf_counter()
-  codes, _ = search.beam_search_split(params, cfg, trie, prompts, _BEAMS.value, batch)
+  codes, scores = search.beam_search_split(params, cfg, trie, prompts, _BEAMS.value, batch)
   wall = time.perf_counter() - start
   ours = [[sid_strings.format_sid(c) if c[0] >= 0 else '' for c in row] for row in codes.tolist()]
   result = {'model': _SIZE.value, 'checkpoint': str(path), 'dtype': _DTYPE.value,
@@ -116,8 +119,32 @@ def main(argv):
                    'transformers_peak_rss_mib': theirs['peak_rss_mib'],
                    'transformers_threads': theirs['threads'],
                    'jax_over_transformers': result['jax_users_per_s'] / theirs['users_per_s'],
-                   'same_ranking': ours == theirs['predict']})
+                   'same_ranking': ours == theirs['predict'],
+                   **ranking_agreement(ours, np.asarray(scores).tolist(), theirs['predict'],
+                                       theirs.get('scores'))})
   print(json.dumps(result))
+
+
+def ranking_agreement(ours: list[list[str]], our_scores: list[list[float]],
+                      theirs: list[list[str]], their_scores: list[list[float]] | None) -> dict:
+  """Where two ranked SID lists per user part: users with the same list / top-1 / set, the first
+  differing rank per user, our score gap between the two SIDs placed there (a near-tie if it is
+  below the two implementations' score difference), and the largest score difference over the
+  SIDs both lists hold."""
+  first, gaps, diffs = [], [], [0.0]
+  for user, (mine, other) in enumerate(zip(ours, theirs)):
+    score = dict(zip(mine, our_scores[user]))
+    if their_scores is not None:
+      diffs += [abs(score[sid] - s) for sid, s in zip(other, their_scores[user]) if sid in score]
+    rank = next((r for r, (a, b) in enumerate(zip(mine, other)) if a != b), None)
+    first.append(rank)
+    if rank is not None and other[rank] in score:
+      gaps.append(abs(score[mine[rank]] - score[other[rank]]))
+  return {'users_same_ranking': sum(a == b for a, b in zip(ours, theirs)),
+          'users_same_top1': sum(a[:1] == b[:1] for a, b in zip(ours, theirs)),
+          'users_same_set': sum(set(a) == set(b) for a, b in zip(ours, theirs)),
+          'first_difference_rank': first, 'score_gap_at_first_difference': gaps,
+          'max_shared_score_diff': max(diffs) if their_scores is not None else None}
 
 
 def sft_speed(cfg, params, dataset) -> dict:

@@ -111,7 +111,8 @@ def main():
                     'peak_rss_mib': peak_rss_mib(),
                     'torch': torch.__version__, 'transformers': transformers.__version__,
                     'threads': torch.get_num_threads(), 'dtype': args.dtype,
-                    'predict': [r['predict'] for r in results]}))
+                    'predict': [r['predict'] for r in results],
+                    'scores': [r['scores'] for r in results]}))
 
 
 if __name__ == '__main__':
