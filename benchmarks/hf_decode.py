@@ -121,12 +121,12 @@ def main(argv):
                    'jax_over_transformers': result['jax_users_per_s'] / theirs['users_per_s'],
                    'same_ranking': ours == theirs['predict'],
                    **ranking_agreement(ours, np.asarray(scores).tolist(), theirs['predict'],
-                                       theirs.get('scores'))})
+                                       theirs['scores'])})
   print(json.dumps(result))
 
 
 def ranking_agreement(ours: list[list[str]], our_scores: list[list[float]],
-                      theirs: list[list[str]], their_scores: list[list[float]] | None) -> dict:
+                      theirs: list[list[str]], their_scores: list[list[float]]) -> dict:
   """Where two ranked SID lists per user part: users with the same list / top-1 / set, the first
   differing rank per user, our score gap between the two SIDs placed there (a near-tie if it is
   below the two implementations' score difference), and the largest score difference over the
@@ -134,8 +134,7 @@ def ranking_agreement(ours: list[list[str]], our_scores: list[list[float]],
   first, gaps, diffs = [], [], [0.0]
   for user, (mine, other) in enumerate(zip(ours, theirs)):
     score = dict(zip(mine, our_scores[user]))
-    if their_scores is not None:
-      diffs += [abs(score[sid] - s) for sid, s in zip(other, their_scores[user]) if sid in score]
+    diffs += [abs(score[sid] - s) for sid, s in zip(other, their_scores[user]) if sid in score]
     rank = next((r for r, (a, b) in enumerate(zip(mine, other)) if a != b), None)
     first.append(rank)
     if rank is not None and other[rank] in score:
@@ -144,7 +143,7 @@ def ranking_agreement(ours: list[list[str]], our_scores: list[list[float]],
           'users_same_top1': sum(a[:1] == b[:1] for a, b in zip(ours, theirs)),
           'users_same_set': sum(set(a) == set(b) for a, b in zip(ours, theirs)),
           'first_difference_rank': first, 'score_gap_at_first_difference': gaps,
-          'max_shared_score_diff': max(diffs) if their_scores is not None else None}
+          'max_shared_score_diff': max(diffs)}
 
 
 def sft_speed(cfg, params, dataset) -> dict:
